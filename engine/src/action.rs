@@ -1,0 +1,67 @@
+//! What the engine asks the driver to do, and the errors the driver reports.
+
+use crate::ids::{ConnId, Side};
+use std::net::SocketAddr;
+
+/// Drained with `Engine::poll_action` until `None`, in order.
+#[must_use]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open a non-blocking TCP connection to `addr` as this connection's upstream
+    /// side, replacing (closing) any upstream socket it had: a retry after a
+    /// failed or timed-out connect. Report the result with `handle_connected`.
+    Connect { conn: ConnId, addr: SocketAddr },
+    /// Shut down the write half of `side`'s socket (forward a FIN).
+    Shutdown { conn: ConnId, side: Side },
+    /// Close both sockets and forget the connection; `reset` = abortive close
+    /// (SO_LINGER 0, the peer sees RST). The id is stale from now on.
+    Close { conn: ConnId, reset: bool },
+}
+
+/// Why an upstream connect failed, as the driver saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectError {
+    /// ECONNREFUSED: nothing listens there.
+    Refused,
+    /// The engine's connect deadline passed.
+    TimedOut,
+    /// The socket was reset before the connect completed.
+    Reset,
+    /// Any other error (unreachable network, no buffer space, ...).
+    Other,
+}
+
+/// Why the engine refused a new connection at accept time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No stream route matches: the client is closed without a byte written.
+    NoRoute,
+    /// The route matched but has no usable upstream (logged).
+    NoUpstream,
+    /// The worker holds `max_connections` already.
+    TooManyConnections,
+    /// The listener id is unknown, or the worker is shutting down.
+    NotAccepting,
+}
+
+/// Why a connection ended (for logs and counters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    Finished,
+    ClientReset,
+    UpstreamReset,
+    UpstreamUnreachable,
+    NoUpstreamNode,
+    IdleTimeout,
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Endings that are not a clean close of both directions reset the peers.
+    pub fn resets(self) -> bool {
+        matches!(
+            self,
+            CloseReason::ClientReset | CloseReason::UpstreamReset | CloseReason::Shutdown
+        )
+    }
+}

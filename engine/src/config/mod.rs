@@ -1,0 +1,12 @@
+//! `conf/config.yaml`: the static settings read at start (listeners, admin API,
+//! workers). Parsed from text: the binary reads the file, the engine only
+//! interprets it. Keys the stream proxy does not use (APISIX's HTTP settings)
+//! are ignored so that an APISIX config.yaml can be copied as it is.
+
+mod listen;
+mod yaml;
+
+pub use listen::{parse_listen_list, ListenSpec, Protocol};
+pub use yaml::{
+    AdminKey, AdminRole, AdminSettings, ConfigError, ProxyMode, StraitConfig, WorkerProcesses,
+};
