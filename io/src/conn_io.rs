@@ -1,0 +1,53 @@
+//! The sockets of one proxied TCP connection and what the driver knows of
+//! their readiness (edge-triggered: a flag stays set until an operation
+//! returns `WouldBlock`).
+
+use mio::net::TcpStream;
+use strait_engine::{ConnId, Side};
+
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Readiness {
+    pub readable: bool,
+    pub writable: bool,
+}
+
+pub struct ConnIo {
+    pub id: ConnId,
+    pub sockets: [Option<TcpStream>; 2],
+    pub ready: [Readiness; 2],
+    /// An upstream connect is in flight.
+    pub connecting: bool,
+}
+
+impl ConnIo {
+    pub fn new(id: ConnId, client: TcpStream) -> ConnIo {
+        ConnIo {
+            id,
+            sockets: [Some(client), None],
+            ready: Default::default(),
+            connecting: false,
+        }
+    }
+
+    pub fn socket(&mut self, side: Side) -> Option<&mut TcpStream> {
+        self.sockets[side.index()].as_mut()
+    }
+}
+
+/// mio tokens: listeners first, then two per connection slot.
+pub const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX - 1);
+
+pub fn conn_token(listeners: usize, id: ConnId, side: Side) -> mio::Token {
+    mio::Token(listeners + id.index as usize * 2 + side.index())
+}
+
+/// The connection slot and side a token stands for.
+pub fn token_conn(listeners: usize, token: mio::Token) -> (usize, Side) {
+    let offset = token.0 - listeners;
+    let side = if offset % 2 == 0 {
+        Side::Client
+    } else {
+        Side::Upstream
+    };
+    (offset / 2, side)
+}

@@ -1,0 +1,459 @@
+//! One worker thread: a mio `Poll`, its own listeners, one `Engine`.
+
+use crate::clock::Clock;
+use crate::conn_io::{conn_token, token_conn, ConnIo, WAKER_TOKEN};
+use crate::listeners::BoundListener;
+use mio::{Events, Interest, Poll, Token};
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Duration;
+use strait_engine::{Action, ConnId, ConnectError, Engine, ListenerId, Side, Snapshot, Time};
+
+/// Messages from the rest of the process.
+pub enum Control {
+    Snapshot(Arc<Snapshot>),
+    /// Stop accepting; let connections finish within `drain`, then exit.
+    Shutdown {
+        drain: Duration,
+    },
+}
+
+/// Reads and writes per connection per wake-up before others get a turn.
+const PUMP_ROUNDS_MAX: usize = 16;
+/// Accepts per listener per wake-up before others get a turn.
+const ACCEPTS_PER_WAKE: usize = 128;
+/// readiness events fetched per poll call.
+const EVENTS_CAPACITY: usize = 1024;
+
+pub struct Worker {
+    name: String,
+    poll: Poll,
+    engine: Engine,
+    clock: Clock,
+    listeners: Vec<Option<BoundListener>>,
+    conns: Vec<Option<ConnIo>>,
+    control: Receiver<Control>,
+    /// Connections (and listeners) that used up their budget and still have work.
+    again: VecDeque<Token>,
+    drain_deadline: Option<Time>,
+}
+
+impl Worker {
+    pub fn new(
+        name: String,
+        poll: Poll,
+        engine: Engine,
+        mut listeners: Vec<BoundListener>,
+        control: Receiver<Control>,
+    ) -> io::Result<Worker> {
+        for (index, listener) in listeners.iter_mut().enumerate() {
+            match listener {
+                BoundListener::Tcp(l) => {
+                    poll.registry()
+                        .register(l, Token(index), Interest::READABLE)?
+                }
+                // UDP listeners are bound so the port is held; proxying them is the UDP issue's work.
+                BoundListener::Udp(_) => {}
+            }
+        }
+        Ok(Worker {
+            name,
+            poll,
+            engine,
+            clock: Clock::new(),
+            listeners: listeners.into_iter().map(Some).collect(),
+            conns: Vec::new(),
+            control,
+            again: VecDeque::new(),
+            drain_deadline: None,
+        })
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("{}: poll failed: {e}; worker exits", self.name);
+                return;
+            }
+            let mut retry = std::mem::take(&mut self.again);
+            for event in events.iter() {
+                self.on_event(event);
+            }
+            for token in retry.drain(..) {
+                self.on_ready(token);
+            }
+            self.again.extend(retry.drain(..));
+            let now = self.clock.now();
+            self.engine.handle_timeout(now);
+            self.perform_actions();
+            if self.drain_deadline.is_some() {
+                if self.engine.connection_count() == 0 {
+                    log::info!("{}: drained, exiting", self.name);
+                    return;
+                }
+                if self.drain_deadline.is_some_and(|d| now >= d) {
+                    log::warn!(
+                        "{}: drain timeout, closing {} connections",
+                        self.name,
+                        self.engine.connection_count()
+                    );
+                    self.engine.abort_all(now);
+                    self.perform_actions();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = self.clock.now();
+        let deadlines = [self.engine.poll_timeout(), self.drain_deadline];
+        // Round up to the next millisecond: epoll's resolution; waking early would spin.
+        deadlines
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| now.until(t) + Duration::from_micros(999))
+    }
+
+    fn on_event(&mut self, event: &mio::event::Event) {
+        let token = event.token();
+        if token == WAKER_TOKEN {
+            self.on_control();
+            return;
+        }
+        if token.0 >= self.listeners.len() {
+            let (slot, side) = token_conn(self.listeners.len(), token);
+            if let Some(Some(conn)) = self.conns.get_mut(slot) {
+                let ready = &mut conn.ready[side.index()];
+                ready.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                ready.writable |=
+                    event.is_writable() || event.is_write_closed() || event.is_error();
+            }
+        }
+        self.on_ready(token);
+    }
+
+    fn on_ready(&mut self, token: Token) {
+        if token.0 < self.listeners.len() {
+            self.accept(token.0);
+        } else {
+            let (slot, _) = token_conn(self.listeners.len(), token);
+            self.pump(slot);
+        }
+    }
+
+    fn on_control(&mut self) {
+        loop {
+            match self.control.try_recv() {
+                Ok(Control::Snapshot(snapshot)) => {
+                    let now = self.clock.now();
+                    log::debug!("{}: config version {}", self.name, snapshot.version);
+                    self.engine.handle_snapshot(now, snapshot);
+                }
+                Ok(Control::Shutdown { drain }) => self.begin_drain(drain),
+                Err(TryRecvError::Empty) => return,
+                // The process is going away without a proper shutdown.
+                Err(TryRecvError::Disconnected) => {
+                    self.begin_drain(Duration::ZERO);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn begin_drain(&mut self, drain: Duration) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        for listener in &mut self.listeners {
+            if let Some(BoundListener::Tcp(l)) = listener {
+                let _ = self.poll.registry().deregister(l);
+            }
+            // Dropping closes the socket: the kernel stops queueing connections for us.
+            *listener = None;
+        }
+        self.engine.begin_shutdown();
+        self.drain_deadline = Some(self.clock.now() + drain);
+        log::info!(
+            "{}: stopped accepting; draining {} connections",
+            self.name,
+            self.engine.connection_count()
+        );
+    }
+
+    fn accept(&mut self, index: usize) {
+        let Some(Some(BoundListener::Tcp(listener))) = self.listeners.get(index) else {
+            return;
+        };
+        let bound_addr = listener.local_addr().ok();
+        for _ in 0..ACCEPTS_PER_WAKE {
+            let Some(Some(BoundListener::Tcp(listener))) = self.listeners.get(index) else {
+                return;
+            };
+            let (stream, peer) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: leave the connection queued and try later.
+                    log::error!("{}: accept failed: {e}", self.name);
+                    return;
+                }
+            };
+            // A listener bound to one address needs no getsockname per connection.
+            let local = match bound_addr {
+                Some(addr) if !addr.ip().is_unspecified() => addr,
+                _ => match stream.local_addr() {
+                    Ok(addr) => addr,
+                    Err(_) => continue,
+                },
+            };
+            let now = self.clock.now();
+            let Ok(id) = self
+                .engine
+                .handle_accept(now, ListenerId(index as u32), local, peer)
+            else {
+                // Refused (no route, limit): closing without writing a byte.
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let mut conn = ConnIo::new(id, stream);
+            let token = conn_token(self.listeners.len(), id, Side::Client);
+            let client = conn
+                .socket(Side::Client)
+                .expect("a new connection has its client socket");
+            if let Err(e) = self.poll.registry().register(
+                client,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::error!("{}: register failed: {e}", self.name);
+                self.engine.handle_reset(now, id, Side::Client);
+            }
+            let slot = id.index as usize;
+            if slot >= self.conns.len() {
+                self.conns.resize_with(slot + 1, || None);
+            }
+            self.conns[slot] = Some(conn);
+            self.perform_actions();
+        }
+        // Budget used up with connections possibly still queued.
+        self.again.push_back(Token(index));
+    }
+
+    /// Moves bytes on one connection until nothing moves or the budget is spent.
+    fn pump(&mut self, slot: usize) {
+        for _ in 0..PUMP_ROUNDS_MAX {
+            let Some(Some(conn)) = self.conns.get_mut(slot) else {
+                return;
+            };
+            let id = conn.id;
+            if conn.connecting {
+                if !conn.ready[Side::Upstream.index()].writable
+                    && !conn.ready[Side::Upstream.index()].readable
+                {
+                    // Still connecting; the client side may still be read into the engine.
+                } else {
+                    self.finish_connect(slot);
+                    continue;
+                }
+            }
+            let progress = self.pump_once(slot, id);
+            self.perform_actions();
+            if !progress {
+                return;
+            }
+        }
+        let listeners = self.listeners.len();
+        if let Some(Some(conn)) = self.conns.get(slot) {
+            self.again
+                .push_back(conn_token(listeners, conn.id, Side::Client));
+        }
+    }
+
+    /// One read and one write attempt per side. Returns whether anything moved.
+    fn pump_once(&mut self, slot: usize, id: ConnId) -> bool {
+        let now = self.clock.now();
+        let mut progress = false;
+        for side in Side::BOTH {
+            let Some(Some(conn)) = self.conns.get_mut(slot) else {
+                return false;
+            };
+            if conn.ready[side.index()].readable {
+                if let (Some(socket), Some(buf)) = (
+                    conn.sockets[side.index()].as_mut(),
+                    self.engine.read_buf(id, side),
+                ) {
+                    match socket.read(buf) {
+                        Ok(n) => {
+                            if n == 0 {
+                                conn.ready[side.index()].readable = false;
+                            }
+                            self.engine.handle_read(now, id, side, n);
+                            progress = true;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            conn.ready[side.index()].readable = false;
+                            self.engine.handle_read_blocked(id, side);
+                        }
+                        Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
+                        Err(_) => {
+                            self.engine.handle_reset(now, id, side);
+                            return true;
+                        }
+                    }
+                }
+            }
+            let Some(Some(conn)) = self.conns.get_mut(slot) else {
+                return progress;
+            };
+            if conn.ready[side.index()].writable {
+                let data = self.engine.write_buf(id, side);
+                if let (false, Some(socket)) =
+                    (data.is_empty(), conn.sockets[side.index()].as_mut())
+                {
+                    match socket.write(data) {
+                        Ok(n) => {
+                            self.engine.handle_written(now, id, side, n);
+                            progress = true;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            conn.ready[side.index()].writable = false
+                        }
+                        Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
+                        Err(_) => {
+                            self.engine.handle_reset(now, id, side);
+                            return true;
+                        }
+                    }
+                }
+            }
+        }
+        progress
+    }
+
+    /// The upstream socket of a connecting connection became ready: find out
+    /// whether the connect succeeded.
+    fn finish_connect(&mut self, slot: usize) {
+        let Some(Some(conn)) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let id = conn.id;
+        let Some(socket) = conn.socket(Side::Upstream) else {
+            return;
+        };
+        let outcome = match socket.take_error() {
+            Ok(Some(e)) | Err(e) => Err(connect_error(&e)),
+            Ok(None) => match socket.peer_addr() {
+                Ok(_) => Ok(()),
+                // Spurious wake-up: the connect is still in flight.
+                Err(e) if e.kind() == ErrorKind::NotConnected => {
+                    conn.ready[Side::Upstream.index()] = Default::default();
+                    return;
+                }
+                Err(e) => Err(connect_error(&e)),
+            },
+        };
+        conn.connecting = false;
+        if outcome.is_err() {
+            conn.ready[Side::Upstream.index()] = Default::default();
+        }
+        let now = self.clock.now();
+        self.engine.handle_connected(now, id, outcome);
+        self.perform_actions();
+    }
+
+    fn perform_actions(&mut self) {
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::Connect { conn, addr } => self.connect(conn, addr),
+                Action::Shutdown { conn, side } => {
+                    if let Some(socket) = self.conn_mut(conn).and_then(|c| c.socket(side)) {
+                        let _ = socket.shutdown(Shutdown::Write);
+                    }
+                }
+                Action::Close { conn, reset } => self.close(conn, reset),
+            }
+        }
+    }
+
+    fn connect(&mut self, id: ConnId, addr: std::net::SocketAddr) {
+        let token = conn_token(self.listeners.len(), id, Side::Upstream);
+        let registry = self.poll.registry();
+        let Some(conn) = self
+            .conns
+            .get_mut(id.index as usize)
+            .and_then(Option::as_mut)
+            .filter(|c| c.id == id)
+        else {
+            return;
+        };
+        if let Some(mut old) = conn.sockets[Side::Upstream.index()].take() {
+            let _ = registry.deregister(&mut old);
+        }
+        conn.ready[Side::Upstream.index()] = Default::default();
+        let result = mio::net::TcpStream::connect(addr).and_then(|mut stream| {
+            registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+            Ok(stream)
+        });
+        match result {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                conn.sockets[Side::Upstream.index()] = Some(stream);
+                conn.connecting = true;
+            }
+            Err(e) => {
+                conn.connecting = false;
+                let now = self.clock.now();
+                self.engine
+                    .handle_connected(now, id, Err(connect_error(&e)));
+            }
+        }
+    }
+
+    fn close(&mut self, id: ConnId, reset: bool) {
+        let registry = self.poll.registry();
+        let Some(entry) = self.conns.get_mut(id.index as usize) else {
+            return;
+        };
+        if entry.as_ref().is_none_or(|c| c.id != id) {
+            return;
+        }
+        let conn = entry.take().expect("checked above");
+        for mut socket in conn.sockets.into_iter().flatten() {
+            let _ = registry.deregister(&mut socket);
+            if reset {
+                // SO_LINGER 0: close sends RST, so the peer sees an abort, not a clean end.
+                let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+            }
+        }
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut ConnIo> {
+        self.conns
+            .get_mut(id.index as usize)
+            .and_then(Option::as_mut)
+            .filter(|c| c.id == id)
+    }
+}
+
+fn connect_error(e: &io::Error) -> ConnectError {
+    match e.kind() {
+        ErrorKind::ConnectionRefused => ConnectError::Refused,
+        ErrorKind::TimedOut => ConnectError::TimedOut,
+        ErrorKind::ConnectionReset => ConnectError::Reset,
+        _ => ConnectError::Other,
+    }
+}
