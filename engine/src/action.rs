@@ -1,6 +1,6 @@
 //! What the engine asks the driver to do, and the errors the driver reports.
 
-use crate::ids::{ConnId, Side};
+use crate::ids::{ConnId, SessionId, Side};
 use std::net::SocketAddr;
 
 /// Drained with `Engine::poll_action` until `None`, in order.
@@ -16,6 +16,12 @@ pub enum Action {
     /// Close both sockets and forget the connection; `reset` = abortive close
     /// (SO_LINGER 0, the peer sees RST). The id is stale from now on.
     Close { conn: ConnId, reset: bool },
+    /// Open a UDP socket connected to `addr` for this session's upstream side.
+    /// Datagrams of the session are sent through it; what it receives is
+    /// reported with `handle_upstream_datagram`.
+    UdpConnect { session: SessionId, addr: SocketAddr },
+    /// The session ended: close its upstream socket. The id is stale from now on.
+    UdpClose { session: SessionId },
 }
 
 /// Why an upstream connect failed, as the driver saw it.
@@ -44,6 +50,24 @@ pub enum Refusal {
     NotAccepting,
 }
 
+/// Why a client datagram was not forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatagramDrop {
+    NoRoute,
+    NoUpstream,
+    /// The worker holds `udp_sessions_max` sessions already.
+    TooManySessions,
+    NotAccepting,
+}
+
+/// Where the driver sends a reply from an upstream: out of `listener`'s
+/// socket to `peer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub listener: crate::ids::ListenerId,
+    pub peer: SocketAddr,
+}
+
 /// Why a connection ended (for logs and counters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
@@ -59,9 +83,6 @@ pub enum CloseReason {
 impl CloseReason {
     /// Endings that are not a clean close of both directions reset the peers.
     pub fn resets(self) -> bool {
-        matches!(
-            self,
-            CloseReason::ClientReset | CloseReason::UpstreamReset | CloseReason::Shutdown
-        )
+        matches!(self, CloseReason::ClientReset | CloseReason::UpstreamReset | CloseReason::Shutdown)
     }
 }

@@ -20,11 +20,7 @@ pub struct RingBuffer {
 impl RingBuffer {
     pub fn with_capacity(capacity: usize) -> RingBuffer {
         assert!(capacity > 0, "a buffer has room for at least one byte");
-        RingBuffer {
-            bytes: vec![0; capacity].into_boxed_slice(),
-            head: 0,
-            len: 0,
-        }
+        RingBuffer { bytes: vec![0; capacity].into_boxed_slice(), head: 0, len: 0 }
     }
 
     pub fn capacity(&self) -> usize {
@@ -53,11 +49,7 @@ impl RingBuffer {
     pub fn free_mut(&mut self) -> &mut [u8] {
         let cap = self.bytes.len();
         let tail = (self.head + self.len) % cap;
-        let end = if tail >= self.head && self.len < cap {
-            cap
-        } else {
-            self.head
-        };
+        let end = if tail >= self.head && self.len < cap { cap } else { self.head };
         if self.len == cap {
             return &mut self.bytes[0..0];
         }
@@ -66,25 +58,15 @@ impl RingBuffer {
 
     /// Marks `n` bytes of `free_mut()` as written.
     pub fn commit(&mut self, n: usize) {
-        assert!(
-            n <= self.free_mut().len(),
-            "a commit never exceeds the free space handed out"
-        );
+        assert!(n <= self.free_mut().len(), "a commit never exceeds the free space handed out");
         self.len += n;
     }
 
     /// Drops `n` bytes from the head (they were written out).
     pub fn consume(&mut self, n: usize) {
-        assert!(
-            n <= self.data().len(),
-            "a consume never exceeds the data handed out"
-        );
+        assert!(n <= self.data().len(), "a consume never exceeds the data handed out");
         self.len -= n;
-        self.head = if self.len == 0 {
-            0
-        } else {
-            (self.head + n) % self.bytes.len()
-        };
+        self.head = if self.len == 0 { 0 } else { (self.head + n) % self.bytes.len() };
     }
 
     /// Appends as much of `src` as fits; returns how much was taken.
@@ -121,12 +103,7 @@ pub struct BufferPool {
 
 impl BufferPool {
     pub fn new(buffer_bytes: usize, spare_max: usize) -> BufferPool {
-        BufferPool {
-            buffer_bytes,
-            spare: Vec::new(),
-            spare_max,
-            outstanding: 0,
-        }
+        BufferPool { buffer_bytes, spare: Vec::new(), spare_max, outstanding: 0 }
     }
 
     pub fn buffer_bytes(&self) -> usize {
@@ -135,16 +112,11 @@ impl BufferPool {
 
     pub fn take(&mut self) -> RingBuffer {
         self.outstanding += 1;
-        self.spare
-            .pop()
-            .unwrap_or_else(|| RingBuffer::with_capacity(self.buffer_bytes))
+        self.spare.pop().unwrap_or_else(|| RingBuffer::with_capacity(self.buffer_bytes))
     }
 
     pub fn give_back(&mut self, mut buffer: RingBuffer) {
-        debug_assert!(
-            self.outstanding > 0,
-            "only buffers taken from the pool are given back"
-        );
+        debug_assert!(self.outstanding > 0, "only buffers taken from the pool are given back");
         self.outstanding -= 1;
         if self.spare.len() < self.spare_max && buffer.capacity() == self.buffer_bytes {
             buffer.clear();

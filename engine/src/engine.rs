@@ -1,20 +1,23 @@
-//! The per-worker engine: owns connections, timers, buffers, balancer state
-//! and the current config snapshot. See the crate docs for the call order.
+//! The per-worker engine: owns TCP connections, UDP sessions, timers, buffers,
+//! balancer state and the current config snapshot. See the crate docs for the
+//! call order.
 
-use crate::action::{Action, CloseReason, ConnectError, Refusal};
+use crate::action::{Action, CloseReason, ConnectError, DatagramDrop, Refusal, ReplyTo};
 use crate::balancer::Balancers;
 use crate::buffer::BufferPool;
 use crate::config::{ListenSpec, Protocol};
-use crate::ids::{ConnId, ListenerId, Side};
+use crate::ids::{ConnId, ListenerId, SessionId, Side};
 use crate::rng::Rng;
 use crate::router::MatchInput;
-use crate::snapshot::{RouteTarget, Snapshot};
+use crate::snapshot::{ResolvedUpstream, RouteTarget, Snapshot};
 use crate::tcp::conn::{Ctx, Outcome, TcpConn};
 use crate::time::Time;
+use crate::udp::session::{SessionTable, UdpSession};
 use slab::Slab;
 use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Limits and knobs of one engine.
 #[derive(Clone, Debug)]
@@ -27,6 +30,13 @@ pub struct EngineConfig {
     pub max_connections: usize,
     /// Drained buffers kept for reuse at most.
     pub spare_buffers_max: usize,
+    /// UDP sessions this engine holds at most (each costs the driver a socket).
+    pub udp_sessions_max: usize,
+    /// Idle timeout of a UDP session whose upstream sets no `timeout`.
+    pub udp_idle_timeout: Duration,
+    /// Replies after which a UDP session ends (nginx's `proxy_responses`; 1 suits
+    /// DNS); 0 = unlimited. An upstream's `proxy_responses` overrides it.
+    pub udp_proxy_responses: u32,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +46,9 @@ impl Default for EngineConfig {
             buffer_bytes: 64 * 1024,
             max_connections: 10_620,
             spare_buffers_max: 256,
+            udp_sessions_max: 16_384,
+            udp_idle_timeout: Duration::from_secs(600),
+            udp_proxy_responses: 0,
         }
     }
 }
@@ -49,6 +62,16 @@ pub struct EngineStats {
     pub refused_limit: u64,
     pub connect_failures: u64,
     pub closed: u64,
+    pub udp_sessions_opened: u64,
+    pub udp_sessions_closed: u64,
+    pub udp_datagrams_dropped: u64,
+}
+
+/// Who a timer entry belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerOwner {
+    Tcp(u32),
+    Udp(u32),
 }
 
 pub struct Engine {
@@ -56,12 +79,15 @@ pub struct Engine {
     snapshot: Arc<Snapshot>,
     config: EngineConfig,
     conns: Slab<TcpConn>,
-    /// Generation of every slot ever used, bumped when a slot is freed.
+    /// Generation of every connection slot ever used, bumped when it is freed.
     generations: Vec<u32>,
-    /// One entry per live connection: (deadline, slot). Exact, never stale.
-    timers: BTreeSet<(Time, u32)>,
-    /// The deadline each slot is filed under in `timers`.
-    armed: Vec<Option<Time>>,
+    sessions: SessionTable,
+    /// One entry per live connection and session: (deadline, owner). Exact, never stale.
+    timers: BTreeSet<(Time, TimerOwner)>,
+    /// The deadline each connection slot is filed under in `timers`.
+    conn_armed: Vec<Option<Time>>,
+    /// The deadline each session slot is filed under in `timers`.
+    session_armed: Vec<Option<Time>>,
     actions: VecDeque<Action>,
     pool: BufferPool,
     balancers: Balancers,
@@ -72,11 +98,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(
-        listeners: Vec<ListenSpec>,
-        snapshot: Arc<Snapshot>,
-        config: EngineConfig,
-    ) -> Engine {
+    pub fn new(listeners: Vec<ListenSpec>, snapshot: Arc<Snapshot>, config: EngineConfig) -> Engine {
         let pool = BufferPool::new(config.buffer_bytes, config.spare_buffers_max);
         Engine {
             listeners,
@@ -85,8 +107,10 @@ impl Engine {
             config,
             conns: Slab::new(),
             generations: Vec::new(),
+            sessions: SessionTable::default(),
             timers: BTreeSet::new(),
-            armed: Vec::new(),
+            conn_armed: Vec::new(),
+            session_armed: Vec::new(),
             actions: VecDeque::new(),
             pool,
             balancers: Balancers::default(),
@@ -94,6 +118,8 @@ impl Engine {
             stats: EngineStats::default(),
         }
     }
+
+    // ---- TCP ---------------------------------------------------------------
 
     /// A TCP connection was accepted on `listener` (`local` = the address it
     /// arrived on, `peer` = the client). Routes it and asks for the upstream
@@ -133,58 +159,31 @@ impl Engine {
         local: SocketAddr,
         peer: SocketAddr,
     ) -> Result<ConnId, Refusal> {
-        let spec = self
-            .listeners
-            .get(listener.0 as usize)
-            .ok_or(Refusal::NotAccepting)?;
-        if !self.accepting || spec.protocol != Protocol::Tcp {
-            return Err(Refusal::NotAccepting);
-        }
+        self.listening_on(listener, Protocol::Tcp).ok_or(Refusal::NotAccepting)?;
         if self.conns.len() >= self.config.max_connections {
             return Err(Refusal::TooManyConnections);
         }
-        let input = MatchInput {
-            server_addr: local.ip(),
-            server_port: local.port(),
-            remote_addr: peer.ip(),
-            sni: None,
+        let (route_id, upstream) = match self.route(local, peer) {
+            Ok(found) => found,
+            Err(DatagramDrop::NoRoute) => return Err(Refusal::NoRoute),
+            Err(_) => return Err(Refusal::NoUpstream),
         };
-        let (_, route, target) = self.snapshot.find_route(&input).ok_or(Refusal::NoRoute)?;
-        let upstream = match target {
-            RouteTarget::Upstream(upstream) => upstream.clone(),
-            RouteTarget::Unavailable(why) => {
-                log::error!("stream route [{}]: {why}", route.id);
-                return Err(Refusal::NoUpstream);
-            }
-        };
-        let route_id = route.id.clone();
         let entry = self.conns.vacant_entry();
         let index = entry.key();
         if index >= self.generations.len() {
             self.generations.resize(index + 1, 0);
-            self.armed.resize(index + 1, None);
+            self.conn_armed.resize(index + 1, None);
         }
-        let id = ConnId {
-            index: index as u32,
-            generation: self.generations[index],
-        };
-        let mut ctx = Ctx {
-            now,
-            pool: &mut self.pool,
-            actions: &mut self.actions,
-            balancers: &mut self.balancers,
-        };
+        let id = ConnId { index: index as u32, generation: self.generations[index] };
+        let mut ctx = Ctx { now, pool: &mut self.pool, actions: &mut self.actions, balancers: &mut self.balancers };
         match TcpConn::start(&mut ctx, id, listener, local, peer, route_id, upstream) {
             Ok(conn) => {
                 entry.insert(conn);
-                self.rearm(index);
+                self.rearm_conn(index);
                 Ok(id)
             }
             Err(reason) => {
-                log::error!(
-                    "stream route [{}]: no valid upstream node ({reason:?})",
-                    route.id
-                );
+                log::error!("{peer} -> {local}: no valid upstream node ({reason:?})");
                 Err(Refusal::NoUpstream)
             }
         }
@@ -205,7 +204,7 @@ impl Engine {
     /// Free space to read `side`'s bytes into; `None` = do not read that side
     /// now (back-pressure, FIN already seen, or not connected yet).
     pub fn read_buf(&mut self, conn: ConnId, side: Side) -> Option<&mut [u8]> {
-        let index = self.live_index(conn)?;
+        let index = self.live_conn(conn)?;
         self.conns[index].read_buf(&mut self.pool, side)
     }
 
@@ -216,14 +215,14 @@ impl Engine {
 
     /// A read of `side` would block.
     pub fn handle_read_blocked(&mut self, conn: ConnId, side: Side) {
-        if let Some(index) = self.live_index(conn) {
+        if let Some(index) = self.live_conn(conn) {
             self.conns[index].on_read_blocked(&mut self.pool, side);
         }
     }
 
     /// Bytes waiting to be written to `side` (empty: nothing to write).
     pub fn write_buf(&self, conn: ConnId, side: Side) -> &[u8] {
-        match self.live_index(conn) {
+        match self.live_conn(conn) {
             Some(index) => self.conns[index].write_buf(side),
             None => &[],
         }
@@ -239,56 +238,207 @@ impl Engine {
         self.with_conn(now, conn, |c, ctx| c.on_reset(ctx, conn, side));
     }
 
-    /// Handles every deadline that is due at `now`.
-    pub fn handle_timeout(&mut self, now: Time) {
-        while let Some(&(deadline, index)) = self.timers.first() {
-            if deadline > now {
-                break;
+    // ---- UDP ---------------------------------------------------------------
+
+    /// A datagram of `len` bytes arrived on UDP `listener` from `peer`
+    /// (`local` = the address it was sent to). On `Ok` the driver sends the
+    /// datagram through the session's upstream socket, after performing the
+    /// queued actions (a new session queues its `UdpConnect` first). On `Err`
+    /// it is dropped.
+    pub fn handle_client_datagram(
+        &mut self,
+        now: Time,
+        listener: ListenerId,
+        local: SocketAddr,
+        peer: SocketAddr,
+        len: usize,
+    ) -> Result<SessionId, DatagramDrop> {
+        let result = self.client_datagram(now, listener, local, peer, len);
+        if let Err(reason) = result {
+            self.stats.udp_datagrams_dropped += 1;
+            log::debug!("{peer} -> {local}: datagram dropped ({reason:?})");
+        }
+        self.check_invariants();
+        result
+    }
+
+    fn client_datagram(
+        &mut self,
+        now: Time,
+        listener: ListenerId,
+        local: SocketAddr,
+        peer: SocketAddr,
+        len: usize,
+    ) -> Result<SessionId, DatagramDrop> {
+        if let Some(id) = self.sessions.find(listener, peer) {
+            let index = id.index as usize;
+            let session = &mut self.sessions.slots[index];
+            session.last_activity = now;
+            session.datagrams_up += 1;
+            let _ = len;
+            return Ok(id);
+        }
+        self.listening_on(listener, Protocol::Udp).ok_or(DatagramDrop::NotAccepting)?;
+        if self.sessions.len() >= self.config.udp_sessions_max {
+            log::warn!(
+                "{peer} -> {local}: datagram dropped, {} sessions is this worker's limit",
+                self.config.udp_sessions_max
+            );
+            return Err(DatagramDrop::TooManySessions);
+        }
+        let (route_id, upstream) = self.route(local, peer)?;
+        let node = self.balancers.pick(&upstream, &[]).ok_or_else(|| {
+            log::error!("stream route [{route_id}]: no valid upstream node");
+            DatagramDrop::NoUpstream
+        })?;
+        let idle_timeout = match upstream.config.timeout {
+            Some(_) => upstream.config.idle_timeout(),
+            None => self.config.udp_idle_timeout,
+        };
+        let responses = upstream.config.proxy_responses.unwrap_or(self.config.udp_proxy_responses);
+        let addr = upstream.addrs[node];
+        let id = self.sessions.insert(UdpSession {
+            listener,
+            peer,
+            upstream,
+            node,
+            last_activity: now,
+            idle_timeout,
+            responses_left: (responses > 0).then_some(responses),
+            datagrams_up: 1,
+            datagrams_down: 0,
+        });
+        let index = id.index as usize;
+        if index >= self.session_armed.len() {
+            self.session_armed.resize(index + 1, None);
+        }
+        self.stats.udp_sessions_opened += 1;
+        self.actions.push_back(Action::UdpConnect { session: id, addr });
+        self.rearm_session(index);
+        Ok(id)
+    }
+
+    /// A datagram of `len` bytes arrived on `session`'s upstream socket. Returns
+    /// where to send it (out of the listener's socket, to the client), or `None`
+    /// for a stale session.
+    pub fn handle_upstream_datagram(&mut self, now: Time, session: SessionId, len: usize) -> Option<ReplyTo> {
+        let _ = len;
+        let index = self.sessions.live(session)?;
+        let entry = &mut self.sessions.slots[index];
+        entry.last_activity = now;
+        entry.datagrams_down += 1;
+        let reply = ReplyTo { listener: entry.listener, peer: entry.peer };
+        if let Some(left) = entry.responses_left.as_mut() {
+            *left -= 1;
+            if *left == 0 {
+                self.close_session(index);
             }
-            self.timers.pop_first();
-            self.armed[index as usize] = None;
-            let index = index as usize;
-            let id = ConnId {
-                index: index as u32,
-                generation: self.generations[index],
-            };
-            if self.conns[index].deadline() > now {
-                // Activity moved the idle deadline: file it again (lazy re-arm keeps
-                // reads and writes free of timer work).
-                self.rearm(index);
-                continue;
-            }
-            self.with_conn(now, id, |c, ctx| c.on_deadline(ctx, id));
+        }
+        self.check_invariants();
+        Some(reply)
+    }
+
+    /// Sending to or receiving from `session`'s upstream failed (ICMP port
+    /// unreachable shows as ECONNREFUSED): the session ends, so the client's
+    /// next datagram picks a node afresh.
+    pub fn handle_upstream_error(&mut self, _now: Time, session: SessionId) {
+        if let Some(index) = self.sessions.live(session) {
+            let entry = &self.sessions.slots[index];
+            log::warn!(
+                "udp session {} -> {}: upstream error, session ends",
+                entry.peer,
+                entry.upstream.addrs[entry.node]
+            );
+            self.close_session(index);
         }
         self.check_invariants();
     }
 
-    /// A new config: new connections use it; established ones keep the route
-    /// and upstream they started with.
+    fn close_session(&mut self, index: usize) {
+        let generation = self.sessions.generations[index];
+        let session = self.sessions.remove(index);
+        if let Some(armed) = self.session_armed[index].take() {
+            self.timers.remove(&(armed, TimerOwner::Udp(index as u32)));
+        }
+        log::debug!(
+            "udp session {}: closed, {} datagrams up, {} down",
+            session.peer,
+            session.datagrams_up,
+            session.datagrams_down
+        );
+        self.stats.udp_sessions_closed += 1;
+        self.actions.push_back(Action::UdpClose { session: SessionId { index: index as u32, generation } });
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    // ---- time, config, shutdown --------------------------------------------
+
+    /// Handles every deadline that is due at `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some(&(deadline, owner)) = self.timers.first() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop_first();
+            match owner {
+                TimerOwner::Tcp(index) => {
+                    let index = index as usize;
+                    self.conn_armed[index] = None;
+                    if self.conns[index].deadline() > now {
+                        // Activity moved the idle deadline: file it again (lazy re-arm
+                        // keeps reads and writes free of timer work).
+                        self.rearm_conn(index);
+                        continue;
+                    }
+                    let id = ConnId { index: index as u32, generation: self.generations[index] };
+                    self.with_conn(now, id, |c, ctx| c.on_deadline(ctx, id));
+                }
+                TimerOwner::Udp(index) => {
+                    let index = index as usize;
+                    self.session_armed[index] = None;
+                    if self.sessions.slots[index].deadline() > now {
+                        self.rearm_session(index);
+                    } else {
+                        self.close_session(index);
+                    }
+                }
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// A new config: new connections and sessions use it; established ones keep
+    /// the route and upstream they started with.
     pub fn handle_snapshot(&mut self, _now: Time, snapshot: Arc<Snapshot>) {
         self.balancers.retain_keys(snapshot.upstream_keys());
         self.snapshot = snapshot;
         self.check_invariants();
     }
 
-    /// Stop taking new connections; established ones run on.
+    /// Stop taking new connections and sessions; established ones run on.
     pub fn begin_shutdown(&mut self) {
         self.accepting = false;
     }
 
-    /// Closes every connection with a reset (the drain deadline passed).
+    /// Closes every connection with a reset and ends every session (the drain
+    /// deadline passed).
     pub fn abort_all(&mut self, now: Time) {
         let ids: Vec<ConnId> = self
             .conns
             .iter()
-            .map(|(index, _)| ConnId {
-                index: index as u32,
-                generation: self.generations[index],
-            })
+            .map(|(index, _)| ConnId { index: index as u32, generation: self.generations[index] })
             .collect();
         for id in ids {
             self.with_conn(now, id, |c, ctx| c.abort(ctx, id, CloseReason::Shutdown));
         }
+        let sessions: Vec<usize> = self.sessions.slots.iter().map(|(index, _)| index).collect();
+        for index in sessions {
+            self.close_session(index);
+        }
+        self.check_invariants();
     }
 
     #[must_use]
@@ -323,67 +473,68 @@ impl Engine {
         self.pool.outstanding()
     }
 
-    /// The number of armed timers (one per live connection).
+    /// The number of armed timers (one per live connection and session).
     pub fn timer_count(&self) -> usize {
         self.timers.len()
     }
 
-    fn live_index(&self, conn: ConnId) -> Option<usize> {
+    // ---- internals ---------------------------------------------------------
+
+    fn listening_on(&self, listener: ListenerId, protocol: Protocol) -> Option<&ListenSpec> {
+        let spec = self.listeners.get(listener.0 as usize)?;
+        (self.accepting && spec.protocol == protocol).then_some(spec)
+    }
+
+    /// The route for a new connection or session and its upstream.
+    fn route(&self, local: SocketAddr, peer: SocketAddr) -> Result<(String, Arc<ResolvedUpstream>), DatagramDrop> {
+        let input =
+            MatchInput { server_addr: local.ip(), server_port: local.port(), remote_addr: peer.ip(), sni: None };
+        let (_, route, target) = self.snapshot.find_route(&input).ok_or(DatagramDrop::NoRoute)?;
+        match target {
+            RouteTarget::Upstream(upstream) if !upstream.addrs.is_empty() => Ok((route.id.clone(), upstream.clone())),
+            RouteTarget::Upstream(_) => {
+                log::error!("stream route [{}]: no valid upstream node", route.id);
+                Err(DatagramDrop::NoUpstream)
+            }
+            RouteTarget::Unavailable(why) => {
+                log::error!("stream route [{}]: {why}", route.id);
+                Err(DatagramDrop::NoUpstream)
+            }
+        }
+    }
+
+    fn live_conn(&self, conn: ConnId) -> Option<usize> {
         let index = conn.index as usize;
         (self.conns.contains(index) && self.generations[index] == conn.generation).then_some(index)
     }
 
     /// Runs one transition on a live connection, then frees it if it closed or
     /// re-files its deadline. Events for stale ids are ignored.
-    fn with_conn(
-        &mut self,
-        now: Time,
-        conn: ConnId,
-        f: impl FnOnce(&mut TcpConn, &mut Ctx<'_>) -> Outcome,
-    ) {
-        let Some(index) = self.live_index(conn) else {
-            return;
-        };
-        let mut ctx = Ctx {
-            now,
-            pool: &mut self.pool,
-            actions: &mut self.actions,
-            balancers: &mut self.balancers,
-        };
+    fn with_conn(&mut self, now: Time, conn: ConnId, f: impl FnOnce(&mut TcpConn, &mut Ctx<'_>) -> Outcome) {
+        let Some(index) = self.live_conn(conn) else { return };
+        let mut ctx = Ctx { now, pool: &mut self.pool, actions: &mut self.actions, balancers: &mut self.balancers };
         match f(&mut self.conns[index], &mut ctx) {
-            Outcome::Open => self.rearm(index),
-            Outcome::Closed => self.free(index),
+            Outcome::Open => self.rearm_conn(index),
+            Outcome::Closed => self.free_conn(index),
         }
         self.check_invariants();
     }
 
-    /// Files the connection's deadline in the timer set, if it moved earlier
-    /// (a later deadline is found lazily when the earlier one fires).
-    fn rearm(&mut self, index: usize) {
+    fn rearm_conn(&mut self, index: usize) {
         let deadline = self.conns[index].deadline();
-        match self.armed[index] {
-            Some(armed) if armed <= deadline => {}
-            Some(armed) => {
-                self.timers.remove(&(armed, index as u32));
-                self.timers.insert((deadline, index as u32));
-                self.armed[index] = Some(deadline);
-            }
-            None => {
-                self.timers.insert((deadline, index as u32));
-                self.armed[index] = Some(deadline);
-            }
-        }
+        rearm(&mut self.timers, &mut self.conn_armed[index], deadline, TimerOwner::Tcp(index as u32));
     }
 
-    fn free(&mut self, index: usize) {
+    fn rearm_session(&mut self, index: usize) {
+        let deadline = self.sessions.slots[index].deadline();
+        rearm(&mut self.timers, &mut self.session_armed[index], deadline, TimerOwner::Udp(index as u32));
+    }
+
+    fn free_conn(&mut self, index: usize) {
         let conn = self.conns.remove(index);
-        debug_assert_eq!(
-            conn.buffers_held(),
-            0,
-            "a closed connection holds no buffer"
-        );
-        if let Some(armed) = self.armed[index].take() {
-            self.timers.remove(&(armed, index as u32));
+        debug_assert_eq!(conn.buffers_held(), 0, "a closed connection holds no buffer");
+        if let Some(armed) = self.conn_armed[index].take() {
+            self.timers.remove(&(armed, TimerOwner::Tcp(index as u32)));
         }
         self.generations[index] = self.generations[index].wrapping_add(1);
         self.stats.closed += 1;
@@ -396,24 +547,47 @@ impl Engine {
         }
         assert_eq!(
             self.timers.len(),
-            self.conns.len(),
-            "every live connection has exactly one timer, closed ones none"
+            self.conns.len() + self.sessions.len(),
+            "every live connection and session has exactly one timer, closed ones none"
         );
         for (index, conn) in &self.conns {
             assert!(
-                self.armed[index].is_some_and(|t| t <= conn.deadline()),
+                self.conn_armed[index].is_some_and(|t| t <= conn.deadline()),
                 "a connection's timer fires no later than its deadline"
             );
         }
+        for (index, session) in &self.sessions.slots {
+            assert!(
+                self.session_armed[index].is_some_and(|t| t <= session.deadline()),
+                "a session's timer fires no later than its deadline"
+            );
+            assert_eq!(
+                self.sessions.by_flow.get(&(session.listener, session.peer)),
+                Some(&(index as u32)),
+                "flows map to their session"
+            );
+        }
+        assert_eq!(self.sessions.by_flow.len(), self.sessions.len(), "one flow key per session");
         let held: usize = self.conns.iter().map(|(_, c)| c.buffers_held()).sum();
-        assert_eq!(
-            held,
-            self.pool.outstanding(),
-            "the pool's outstanding buffers are exactly those connections hold"
-        );
-        assert!(
-            self.conns.len() <= self.config.max_connections,
-            "connections never exceed the limit"
-        );
+        assert_eq!(held, self.pool.outstanding(), "the pool's outstanding buffers are exactly those connections hold");
+        assert!(self.conns.len() <= self.config.max_connections, "connections never exceed the limit");
+        assert!(self.sessions.len() <= self.config.udp_sessions_max, "sessions never exceed the limit");
+    }
+}
+
+/// Files a deadline in the timer set if it moved earlier than the one filed (a
+/// later deadline is found lazily when the earlier one fires).
+fn rearm(timers: &mut BTreeSet<(Time, TimerOwner)>, armed: &mut Option<Time>, deadline: Time, owner: TimerOwner) {
+    match *armed {
+        Some(at) if at <= deadline => {}
+        Some(at) => {
+            timers.remove(&(at, owner));
+            timers.insert((deadline, owner));
+            *armed = Some(deadline);
+        }
+        None => {
+            timers.insert((deadline, owner));
+            *armed = Some(deadline);
+        }
     }
 }

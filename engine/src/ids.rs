@@ -38,3 +38,10 @@ impl Side {
 
     pub const BOTH: [Side; 2] = [Side::Client, Side::Upstream];
 }
+
+/// A UDP session handle, with a generation like `ConnId`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId {
+    pub index: u32,
+    pub generation: u32,
+}

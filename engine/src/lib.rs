@@ -37,9 +37,10 @@ pub mod router;
 pub mod snapshot;
 mod tcp;
 pub mod time;
+mod udp;
 
-pub use action::{Action, CloseReason, ConnectError, Refusal};
+pub use action::{Action, CloseReason, ConnectError, DatagramDrop, Refusal, ReplyTo};
 pub use engine::{Engine, EngineConfig, EngineStats};
-pub use ids::{ConnId, ListenerId, Side};
+pub use ids::{ConnId, ListenerId, SessionId, Side};
 pub use snapshot::{Resources, Snapshot};
 pub use time::Time;

@@ -66,32 +66,19 @@ impl Snapshot {
     /// Builds a snapshot. Invalid objects are skipped and reported in the
     /// returned warnings (the Admin API validates before storing, so this only
     /// happens with hand-edited or foreign data).
-    pub fn build(
-        version: u64,
-        resources: &Resources,
-        resolve: Resolver<'_>,
-    ) -> (Snapshot, Vec<String>) {
+    pub fn build(version: u64, resources: &Resources, resolve: Resolver<'_>) -> (Snapshot, Vec<String>) {
         let mut warnings = Vec::new();
         let mut upstreams: HashMap<&str, Arc<ResolvedUpstream>> = HashMap::new();
         for (id, value) in &resources.upstreams {
             match Upstream::from_json(value) {
                 Ok(config) => {
-                    let resolved = resolve_upstream(
-                        format!("/apisix/upstreams/{id}"),
-                        config,
-                        resolve,
-                        &mut warnings,
-                    );
+                    let resolved = resolve_upstream(format!("/apisix/upstreams/{id}"), config, resolve, &mut warnings);
                     upstreams.insert(id, Arc::new(resolved));
                 }
                 Err(e) => warnings.push(format!("skipped invalid upstream [{id}]: {e}")),
             }
         }
-        let services: HashMap<&str, &Value> = resources
-            .services
-            .iter()
-            .map(|(id, v)| (id.as_str(), v))
-            .collect();
+        let services: HashMap<&str, &Value> = resources.services.iter().map(|(id, v)| (id.as_str(), v)).collect();
 
         let mut sorted: Vec<&(String, Value)> = resources.stream_routes.iter().collect();
         sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
@@ -105,13 +92,7 @@ impl Snapshot {
                     continue;
                 }
             };
-            targets.push(route_target(
-                &route,
-                &upstreams,
-                &services,
-                resolve,
-                &mut warnings,
-            ));
+            targets.push(route_target(&route, &upstreams, &services, resolve, &mut warnings));
             routes.push(route);
         }
         let router = Router::new(&routes);
@@ -124,16 +105,7 @@ impl Snapshot {
             .collect();
         upstream_keys.sort();
         upstream_keys.dedup();
-        (
-            Snapshot {
-                version,
-                routes,
-                targets,
-                router,
-                upstream_keys,
-            },
-            warnings,
-        )
+        (Snapshot { version, routes, targets, router, upstream_keys }, warnings)
     }
 
     pub fn routes(&self) -> &[StreamRoute] {
@@ -141,10 +113,7 @@ impl Snapshot {
     }
 
     /// The matched route's index, id and target.
-    pub fn find_route(
-        &self,
-        input: &MatchInput<'_>,
-    ) -> Option<(usize, &StreamRoute, &RouteTarget)> {
+    pub fn find_route(&self, input: &MatchInput<'_>) -> Option<(usize, &StreamRoute, &RouteTarget)> {
         let index = self.router.find(input)?;
         Some((index, &self.routes[index], &self.targets[index]))
     }
@@ -173,36 +142,22 @@ fn route_target(
     }
     if let Some(config) = &route.upstream {
         let key = format!("/apisix/stream_routes/{}", route.id);
-        return RouteTarget::Upstream(Arc::new(resolve_upstream(
-            key,
-            config.clone(),
-            resolve,
-            warnings,
-        )));
+        return RouteTarget::Upstream(Arc::new(resolve_upstream(key, config.clone(), resolve, warnings)));
     }
     if let Some(service_id) = &route.service_id {
         let Some(service) = services.get(service_id.as_str()) else {
-            return RouteTarget::Unavailable(format!(
-                "failed to fetch service configuration by id: {service_id}"
-            ));
+            return RouteTarget::Unavailable(format!("failed to fetch service configuration by id: {service_id}"));
         };
         if let Some(inline) = service.get("upstream") {
             return match Upstream::from_json(inline) {
                 Ok(config) => {
                     let key = format!("/apisix/services/{service_id}");
-                    RouteTarget::Upstream(Arc::new(resolve_upstream(
-                        key, config, resolve, warnings,
-                    )))
+                    RouteTarget::Upstream(Arc::new(resolve_upstream(key, config, resolve, warnings)))
                 }
-                Err(e) => RouteTarget::Unavailable(format!(
-                    "invalid upstream in service [{service_id}]: {e}"
-                )),
+                Err(e) => RouteTarget::Unavailable(format!("invalid upstream in service [{service_id}]: {e}")),
             };
         }
-        if let Some(id) = service
-            .get("upstream_id")
-            .and_then(crate::model::json::id_string)
-        {
+        if let Some(id) = service.get("upstream_id").and_then(crate::model::json::id_string) {
             return by_id(&id);
         }
     }
@@ -215,13 +170,7 @@ fn resolve_upstream(
     resolve: Resolver<'_>,
     warnings: &mut Vec<String>,
 ) -> ResolvedUpstream {
-    let mut resolved = ResolvedUpstream {
-        key,
-        config,
-        addrs: Vec::new(),
-        weights: Vec::new(),
-        priorities: Vec::new(),
-    };
+    let mut resolved = ResolvedUpstream { key, config, addrs: Vec::new(), weights: Vec::new(), priorities: Vec::new() };
     for node in &resolved.config.nodes {
         let ip = match node.bare_host().parse::<IpAddr>() {
             Ok(ip) => Some(ip),
@@ -253,10 +202,7 @@ mod tests {
         let resources = Resources {
             stream_routes: vec![
                 ("2".into(), json!({"upstream_id": "u1"})),
-                (
-                    "10".into(),
-                    json!({"upstream": {"nodes": {"localhost:80": 1}}}),
-                ),
+                ("10".into(), json!({"upstream": {"nodes": {"localhost:80": 1}}})),
                 ("3".into(), json!({"upstream_id": "missing"})),
                 ("4".into(), json!({"server_port": 70000})),
             ],
@@ -272,11 +218,7 @@ mod tests {
         };
         let (snapshot, warnings) = Snapshot::build(1, &resources, &mut resolver);
         let ids: Vec<_> = snapshot.routes().iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(
-            ids,
-            ["10", "2", "3"],
-            "byte order of ids, invalid route skipped"
-        );
+        assert_eq!(ids, ["10", "2", "3"], "byte order of ids, invalid route skipped");
         assert_eq!(warnings.len(), 1);
         assert!(
             matches!(&snapshot.targets[0], RouteTarget::Upstream(u) if u.addrs == ["127.0.0.1:80".parse().unwrap()])

@@ -30,10 +30,7 @@ impl Add<Duration> for Time {
     type Output = Time;
     fn add(self, rhs: Duration) -> Time {
         // Saturate: a configured timeout of "forever" must not wrap into the past.
-        Time(
-            self.0
-                .saturating_add(u64::try_from(rhs.as_nanos()).unwrap_or(u64::MAX)),
-        )
+        Time(self.0.saturating_add(u64::try_from(rhs.as_nanos()).unwrap_or(u64::MAX)))
     }
 }
 

@@ -15,15 +15,25 @@ fn engine_depends_on_no_io_crate() {
     assert!(output.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&output.stderr));
     let tree = String::from_utf8_lossy(&output.stdout);
     for forbidden in ["mio ", "tokio ", "socket2 ", "tiny_http ", "turmoil ", "libc ", "rustls "] {
-        assert!(!tree.lines().any(|l| l.starts_with(forbidden)), "strait-engine must not depend on {forbidden}:\n{tree}");
+        assert!(
+            !tree.lines().any(|l| l.starts_with(forbidden)),
+            "strait-engine must not depend on {forbidden}:\n{tree}"
+        );
     }
 }
 
 #[test]
 fn engine_source_reads_no_clock_and_opens_no_socket() {
     let forbidden = [
-        "Instant::now", "SystemTime", "std::net::TcpStream", "std::net::TcpListener", "std::net::UdpSocket",
-        "std::thread", "std::fs", "thread_rng", "std::env::var",
+        "Instant::now",
+        "SystemTime",
+        "std::net::TcpStream",
+        "std::net::TcpListener",
+        "std::net::UdpSocket",
+        "std::thread",
+        "std::fs",
+        "thread_rng",
+        "std::env::var",
     ];
     let mut offenders = Vec::new();
     scan(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &forbidden, &mut offenders);

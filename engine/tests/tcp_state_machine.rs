@@ -4,7 +4,9 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use strait_engine::config::{ListenSpec, Protocol};
-use strait_engine::{Action, ConnId, ConnectError, Engine, EngineConfig, ListenerId, Refusal, Resources, Side, Snapshot, Time};
+use strait_engine::{
+    Action, ConnId, ConnectError, Engine, EngineConfig, ListenerId, Refusal, Resources, Side, Snapshot, Time,
+};
 
 const LISTENER: ListenerId = ListenerId(0);
 
@@ -17,7 +19,13 @@ fn snapshot(version: u64, routes: serde_json::Value) -> Arc<Snapshot> {
 }
 
 fn engine(routes: serde_json::Value, config: EngineConfig) -> Engine {
-    let listener = ListenSpec { protocol: Protocol::Tcp, addr: "127.0.0.1:9100".parse().unwrap(), tls: false, tls_passthrough: false, proxy_protocol: false };
+    let listener = ListenSpec {
+        protocol: Protocol::Tcp,
+        addr: "127.0.0.1:9100".parse().unwrap(),
+        tls: false,
+        tls_passthrough: false,
+        proxy_protocol: false,
+    };
     Engine::new(vec![listener], snapshot(1, routes), config)
 }
 
@@ -62,7 +70,10 @@ fn accept_connects_at_once_without_waiting_for_client_bytes() {
 
 #[test]
 fn no_matching_route_refuses_without_state() {
-    let mut e = engine(json!({"1": {"remote_addr": "10.0.0.0/8", "upstream": {"nodes": {"10.0.0.1:1": 1}}}}), EngineConfig::default());
+    let mut e = engine(
+        json!({"1": {"remote_addr": "10.0.0.0/8", "upstream": {"nodes": {"10.0.0.1:1": 1}}}}),
+        EngineConfig::default(),
+    );
     assert_eq!(accept(&mut e, at(0), "1.2.3.4:5"), Err(Refusal::NoRoute));
     assert_eq!(e.connection_count(), 0);
     assert!(actions(&mut e).is_empty());
@@ -105,7 +116,8 @@ fn retries_zero_means_no_failover() {
 
 #[test]
 fn retry_timeout_cuts_retries_short() {
-    let routes = json!({"1": {"upstream": {"nodes": {"10.0.0.1:1": 1, "10.0.0.2:2": 1, "10.0.0.3:3": 1}, "retry_timeout": 1}}});
+    let routes =
+        json!({"1": {"upstream": {"nodes": {"10.0.0.1:1": 1, "10.0.0.2:2": 1, "10.0.0.3:3": 1}, "retry_timeout": 1}}});
     let mut e = engine(routes, EngineConfig::default());
     let id = accept(&mut e, at(0), "1.2.3.4:5").unwrap();
     let _ = actions(&mut e);
@@ -128,7 +140,10 @@ fn half_close_is_forwarded_and_the_other_direction_keeps_flowing() {
     read(&mut e, at(1), id, Side::Upstream, b"answer");
     assert_eq!(write_all(&mut e, at(1), id, Side::Client), b"answer");
     e.handle_read(at(1), id, Side::Upstream, 0);
-    assert_eq!(actions(&mut e), [Action::Shutdown { conn: id, side: Side::Client }, Action::Close { conn: id, reset: false }]);
+    assert_eq!(
+        actions(&mut e),
+        [Action::Shutdown { conn: id, side: Side::Client }, Action::Close { conn: id, reset: false }]
+    );
     assert_eq!((e.connection_count(), e.buffers_in_use(), e.timer_count()), (0, 0, 0));
 }
 
@@ -205,7 +220,8 @@ fn stale_ids_are_ignored() {
 
 #[test]
 fn weights_one_to_three_split_forty_connections_ten_to_thirty() {
-    let mut e = engine(json!({"1": {"upstream": {"nodes": {"10.0.0.1:1": 1, "10.0.0.2:2": 3}}}}), EngineConfig::default());
+    let mut e =
+        engine(json!({"1": {"upstream": {"nodes": {"10.0.0.1:1": 1, "10.0.0.2:2": 3}}}}), EngineConfig::default());
     let mut counts = [0; 2];
     for i in 0..40 {
         let id = accept(&mut e, at(0), &format!("1.2.3.4:{}", 1000 + i)).unwrap();

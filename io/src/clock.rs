@@ -9,9 +9,7 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Clock {
-        Clock {
-            epoch: Instant::now(),
-        }
+        Clock { epoch: Instant::now() }
     }
 
     pub fn now(&self) -> Time {

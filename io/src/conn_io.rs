@@ -21,12 +21,7 @@ pub struct ConnIo {
 
 impl ConnIo {
     pub fn new(id: ConnId, client: TcpStream) -> ConnIo {
-        ConnIo {
-            id,
-            sockets: [Some(client), None],
-            ready: Default::default(),
-            connecting: false,
-        }
+        ConnIo { id, sockets: [Some(client), None], ready: Default::default(), connecting: false }
     }
 
     pub fn socket(&mut self, side: Side) -> Option<&mut TcpStream> {
@@ -34,7 +29,8 @@ impl ConnIo {
     }
 }
 
-/// mio tokens: listeners first, then two per connection slot.
+/// mio tokens: listeners first, then two per connection slot, then (from
+/// `SESSION_TOKEN_BASE`) one per UDP session slot.
 pub const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX - 1);
 
 pub fn conn_token(listeners: usize, id: ConnId, side: Side) -> mio::Token {
@@ -44,10 +40,13 @@ pub fn conn_token(listeners: usize, id: ConnId, side: Side) -> mio::Token {
 /// The connection slot and side a token stands for.
 pub fn token_conn(listeners: usize, token: mio::Token) -> (usize, Side) {
     let offset = token.0 - listeners;
-    let side = if offset % 2 == 0 {
-        Side::Client
-    } else {
-        Side::Upstream
-    };
+    let side = if offset % 2 == 0 { Side::Client } else { Side::Upstream };
     (offset / 2, side)
+}
+
+/// Connection tokens stay far below this (slots are u32, two tokens each, on 64-bit).
+pub const SESSION_TOKEN_BASE: usize = 1 << 40;
+
+pub fn session_token(id: strait_engine::SessionId) -> mio::Token {
+    mio::Token(SESSION_TOKEN_BASE + id.index as usize)
 }

@@ -19,6 +19,7 @@
 mod clock;
 mod conn_io;
 mod listeners;
+mod udp;
 mod worker;
 mod workers;
 

@@ -23,32 +23,16 @@ impl fmt::Display for BindError {
 const BACKLOG: i32 = 4096;
 
 pub fn bind_tcp(spec: &ListenSpec) -> Result<mio::net::TcpListener, BindError> {
-    let err = |error| BindError {
-        addr: spec.addr,
-        error,
-    };
-    let socket = Socket::new(
-        Domain::for_address(spec.addr),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )
-    .map_err(err)?;
+    let err = |error| BindError { addr: spec.addr, error };
+    let socket = Socket::new(Domain::for_address(spec.addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
     prepare(&socket, spec.addr).map_err(err)?;
     socket.listen(BACKLOG).map_err(err)?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
 pub fn bind_udp(spec: &ListenSpec) -> Result<mio::net::UdpSocket, BindError> {
-    let err = |error| BindError {
-        addr: spec.addr,
-        error,
-    };
-    let socket = Socket::new(
-        Domain::for_address(spec.addr),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )
-    .map_err(err)?;
+    let err = |error| BindError { addr: spec.addr, error };
+    let socket = Socket::new(Domain::for_address(spec.addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     prepare(&socket, spec.addr).map_err(err)?;
     Ok(mio::net::UdpSocket::from_std(socket.into()))
 }

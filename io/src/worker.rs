@@ -1,8 +1,9 @@
 //! One worker thread: a mio `Poll`, its own listeners, one `Engine`.
 
 use crate::clock::Clock;
-use crate::conn_io::{conn_token, token_conn, ConnIo, WAKER_TOKEN};
+use crate::conn_io::{conn_token, token_conn, ConnIo, SESSION_TOKEN_BASE, WAKER_TOKEN};
 use crate::listeners::BoundListener;
+use crate::udp::{SessionIo, DATAGRAM_BYTES_MAX};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
@@ -29,15 +30,18 @@ const ACCEPTS_PER_WAKE: usize = 128;
 const EVENTS_CAPACITY: usize = 1024;
 
 pub struct Worker {
-    name: String,
-    poll: Poll,
-    engine: Engine,
-    clock: Clock,
-    listeners: Vec<Option<BoundListener>>,
+    pub(crate) name: String,
+    pub(crate) poll: Poll,
+    pub(crate) engine: Engine,
+    pub(crate) clock: Clock,
+    pub(crate) listeners: Vec<Option<BoundListener>>,
     conns: Vec<Option<ConnIo>>,
+    pub(crate) sessions: Vec<Option<SessionIo>>,
+    /// The one receive buffer every datagram of this worker passes through.
+    pub(crate) datagram: Vec<u8>,
     control: Receiver<Control>,
-    /// Connections (and listeners) that used up their budget and still have work.
-    again: VecDeque<Token>,
+    /// Connections, sessions and listeners that used up their budget and still have work.
+    pub(crate) again: VecDeque<Token>,
     drain_deadline: Option<Time>,
 }
 
@@ -51,12 +55,8 @@ impl Worker {
     ) -> io::Result<Worker> {
         for (index, listener) in listeners.iter_mut().enumerate() {
             match listener {
-                BoundListener::Tcp(l) => {
-                    poll.registry()
-                        .register(l, Token(index), Interest::READABLE)?
-                }
-                // UDP listeners are bound so the port is held; proxying them is the UDP issue's work.
-                BoundListener::Udp(_) => {}
+                BoundListener::Tcp(l) => poll.registry().register(l, Token(index), Interest::READABLE)?,
+                BoundListener::Udp(s) => poll.registry().register(s, Token(index), Interest::READABLE)?,
             }
         }
         Ok(Worker {
@@ -66,6 +66,8 @@ impl Worker {
             clock: Clock::new(),
             listeners: listeners.into_iter().map(Some).collect(),
             conns: Vec::new(),
+            sessions: Vec::new(),
+            datagram: vec![0; DATAGRAM_BYTES_MAX],
             control,
             again: VecDeque::new(),
             drain_deadline: None,
@@ -100,11 +102,7 @@ impl Worker {
                     return;
                 }
                 if self.drain_deadline.is_some_and(|d| now >= d) {
-                    log::warn!(
-                        "{}: drain timeout, closing {} connections",
-                        self.name,
-                        self.engine.connection_count()
-                    );
+                    log::warn!("{}: drain timeout, closing {} connections", self.name, self.engine.connection_count());
                     self.engine.abort_all(now);
                     self.perform_actions();
                     return;
@@ -120,11 +118,7 @@ impl Worker {
         let now = self.clock.now();
         let deadlines = [self.engine.poll_timeout(), self.drain_deadline];
         // Round up to the next millisecond: epoll's resolution; waking early would spin.
-        deadlines
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|t| now.until(t) + Duration::from_micros(999))
+        deadlines.into_iter().flatten().min().map(|t| now.until(t) + Duration::from_micros(999))
     }
 
     fn on_event(&mut self, event: &mio::event::Event) {
@@ -133,21 +127,26 @@ impl Worker {
             self.on_control();
             return;
         }
-        if token.0 >= self.listeners.len() {
+        if token.0 >= self.listeners.len() && token.0 < SESSION_TOKEN_BASE {
             let (slot, side) = token_conn(self.listeners.len(), token);
             if let Some(Some(conn)) = self.conns.get_mut(slot) {
                 let ready = &mut conn.ready[side.index()];
                 ready.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
-                ready.writable |=
-                    event.is_writable() || event.is_write_closed() || event.is_error();
+                ready.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
             }
         }
         self.on_ready(token);
     }
 
     fn on_ready(&mut self, token: Token) {
-        if token.0 < self.listeners.len() {
-            self.accept(token.0);
+        if token.0 >= SESSION_TOKEN_BASE {
+            self.on_session(token.0 - SESSION_TOKEN_BASE);
+        } else if token.0 < self.listeners.len() {
+            match self.listeners[token.0] {
+                Some(BoundListener::Tcp(_)) => self.accept(token.0),
+                Some(BoundListener::Udp(_)) => self.on_udp_listener(token.0),
+                None => {}
+            }
         } else {
             let (slot, _) = token_conn(self.listeners.len(), token);
             self.pump(slot);
@@ -178,19 +177,17 @@ impl Worker {
             return;
         }
         for listener in &mut self.listeners {
-            if let Some(BoundListener::Tcp(l)) = listener {
-                let _ = self.poll.registry().deregister(l);
+            match listener {
+                Some(BoundListener::Tcp(l)) => drop(self.poll.registry().deregister(l)),
+                Some(BoundListener::Udp(s)) => drop(self.poll.registry().deregister(s)),
+                None => {}
             }
             // Dropping closes the socket: the kernel stops queueing connections for us.
             *listener = None;
         }
         self.engine.begin_shutdown();
         self.drain_deadline = Some(self.clock.now() + drain);
-        log::info!(
-            "{}: stopped accepting; draining {} connections",
-            self.name,
-            self.engine.connection_count()
-        );
+        log::info!("{}: stopped accepting; draining {} connections", self.name, self.engine.connection_count());
     }
 
     fn accept(&mut self, index: usize) {
@@ -221,24 +218,15 @@ impl Worker {
                 },
             };
             let now = self.clock.now();
-            let Ok(id) = self
-                .engine
-                .handle_accept(now, ListenerId(index as u32), local, peer)
-            else {
+            let Ok(id) = self.engine.handle_accept(now, ListenerId(index as u32), local, peer) else {
                 // Refused (no route, limit): closing without writing a byte.
                 continue;
             };
             let _ = stream.set_nodelay(true);
             let mut conn = ConnIo::new(id, stream);
             let token = conn_token(self.listeners.len(), id, Side::Client);
-            let client = conn
-                .socket(Side::Client)
-                .expect("a new connection has its client socket");
-            if let Err(e) = self.poll.registry().register(
-                client,
-                token,
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
+            let client = conn.socket(Side::Client).expect("a new connection has its client socket");
+            if let Err(e) = self.poll.registry().register(client, token, Interest::READABLE | Interest::WRITABLE) {
                 log::error!("{}: register failed: {e}", self.name);
                 self.engine.handle_reset(now, id, Side::Client);
             }
@@ -261,9 +249,7 @@ impl Worker {
             };
             let id = conn.id;
             if conn.connecting {
-                if !conn.ready[Side::Upstream.index()].writable
-                    && !conn.ready[Side::Upstream.index()].readable
-                {
+                if !conn.ready[Side::Upstream.index()].writable && !conn.ready[Side::Upstream.index()].readable {
                     // Still connecting; the client side may still be read into the engine.
                 } else {
                     self.finish_connect(slot);
@@ -278,8 +264,7 @@ impl Worker {
         }
         let listeners = self.listeners.len();
         if let Some(Some(conn)) = self.conns.get(slot) {
-            self.again
-                .push_back(conn_token(listeners, conn.id, Side::Client));
+            self.again.push_back(conn_token(listeners, conn.id, Side::Client));
         }
     }
 
@@ -292,10 +277,8 @@ impl Worker {
                 return false;
             };
             if conn.ready[side.index()].readable {
-                if let (Some(socket), Some(buf)) = (
-                    conn.sockets[side.index()].as_mut(),
-                    self.engine.read_buf(id, side),
-                ) {
+                if let (Some(socket), Some(buf)) = (conn.sockets[side.index()].as_mut(), self.engine.read_buf(id, side))
+                {
                     match socket.read(buf) {
                         Ok(n) => {
                             if n == 0 {
@@ -321,17 +304,13 @@ impl Worker {
             };
             if conn.ready[side.index()].writable {
                 let data = self.engine.write_buf(id, side);
-                if let (false, Some(socket)) =
-                    (data.is_empty(), conn.sockets[side.index()].as_mut())
-                {
+                if let (false, Some(socket)) = (data.is_empty(), conn.sockets[side.index()].as_mut()) {
                     match socket.write(data) {
                         Ok(n) => {
                             self.engine.handle_written(now, id, side, n);
                             progress = true;
                         }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            conn.ready[side.index()].writable = false
-                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => conn.ready[side.index()].writable = false,
                         Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
                         Err(_) => {
                             self.engine.handle_reset(now, id, side);
@@ -375,7 +354,7 @@ impl Worker {
         self.perform_actions();
     }
 
-    fn perform_actions(&mut self) {
+    pub(crate) fn perform_actions(&mut self) {
         while let Some(action) = self.engine.poll_action() {
             match action {
                 Action::Connect { conn, addr } => self.connect(conn, addr),
@@ -385,6 +364,8 @@ impl Worker {
                     }
                 }
                 Action::Close { conn, reset } => self.close(conn, reset),
+                Action::UdpConnect { session, addr } => self.udp_connect(session, addr),
+                Action::UdpClose { session } => self.udp_close(session),
             }
         }
     }
@@ -392,12 +373,7 @@ impl Worker {
     fn connect(&mut self, id: ConnId, addr: std::net::SocketAddr) {
         let token = conn_token(self.listeners.len(), id, Side::Upstream);
         let registry = self.poll.registry();
-        let Some(conn) = self
-            .conns
-            .get_mut(id.index as usize)
-            .and_then(Option::as_mut)
-            .filter(|c| c.id == id)
-        else {
+        let Some(conn) = self.conns.get_mut(id.index as usize).and_then(Option::as_mut).filter(|c| c.id == id) else {
             return;
         };
         if let Some(mut old) = conn.sockets[Side::Upstream.index()].take() {
@@ -417,8 +393,7 @@ impl Worker {
             Err(e) => {
                 conn.connecting = false;
                 let now = self.clock.now();
-                self.engine
-                    .handle_connected(now, id, Err(connect_error(&e)));
+                self.engine.handle_connected(now, id, Err(connect_error(&e)));
             }
         }
     }
@@ -442,10 +417,7 @@ impl Worker {
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut ConnIo> {
-        self.conns
-            .get_mut(id.index as usize)
-            .and_then(Option::as_mut)
-            .filter(|c| c.id == id)
+        self.conns.get_mut(id.index as usize).and_then(Option::as_mut).filter(|c| c.id == id)
     }
 }
 

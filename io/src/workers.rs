@@ -49,24 +49,19 @@ impl Workers {
             let listeners = bind_all(&config.listeners).map_err(StartError::Bind)?;
             prepared.push(listeners);
         }
-        let mut publisher = SnapshotPublisher {
-            workers: Vec::new(),
-        };
+        let mut publisher = SnapshotPublisher { workers: Vec::new() };
         let mut threads = Vec::new();
         for (index, listeners) in prepared.into_iter().enumerate() {
             let poll = mio::Poll::new().map_err(StartError::Io)?;
-            let waker = Arc::new(
-                mio::Waker::new(poll.registry(), crate::conn_io::WAKER_TOKEN)
-                    .map_err(StartError::Io)?,
-            );
+            let waker =
+                Arc::new(mio::Waker::new(poll.registry(), crate::conn_io::WAKER_TOKEN).map_err(StartError::Io)?);
             let (sender, receiver) = mpsc::channel();
             let mut engine_config = config.engine.clone();
             // Each worker draws from its own stream of the process seed.
             engine_config.seed = config.engine.seed.wrapping_add(index as u64);
             let engine = Engine::new(config.listeners.clone(), snapshot.clone(), engine_config);
             let name = format!("worker {index}");
-            let worker = Worker::new(name.clone(), poll, engine, listeners, receiver)
-                .map_err(StartError::Io)?;
+            let worker = Worker::new(name.clone(), poll, engine, listeners, receiver).map_err(StartError::Io)?;
             let thread = std::thread::Builder::new()
                 .name(format!("strait-{index}"))
                 .spawn(move || worker.run())

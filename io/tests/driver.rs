@@ -13,21 +13,12 @@ use strait_engine::{EngineConfig, Resources, Snapshot};
 use strait_io::{Workers, WorkersConfig};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn snapshot(routes: serde_json::Value) -> Arc<Snapshot> {
     let resources = Resources {
-        stream_routes: routes
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        stream_routes: routes.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         ..Default::default()
     };
     let (snapshot, warnings) = Snapshot::build(1, &resources, &mut |_| vec![]);
@@ -37,26 +28,10 @@ fn snapshot(routes: serde_json::Value) -> Arc<Snapshot> {
 
 fn start(port: u16, snapshot: Arc<Snapshot>, buffer_bytes: usize) -> Workers {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let listeners = vec![ListenSpec {
-        protocol: Protocol::Tcp,
-        addr,
-        tls: false,
-        tls_passthrough: false,
-        proxy_protocol: false,
-    }];
-    let engine = EngineConfig {
-        buffer_bytes,
-        ..EngineConfig::default()
-    };
-    Workers::start(
-        WorkersConfig {
-            workers: 1,
-            listeners,
-            engine,
-        },
-        snapshot,
-    )
-    .unwrap()
+    let listeners =
+        vec![ListenSpec { protocol: Protocol::Tcp, addr, tls: false, tls_passthrough: false, proxy_protocol: false }];
+    let engine = EngineConfig { buffer_bytes, ..EngineConfig::default() };
+    Workers::start(WorkersConfig { workers: 1, listeners, engine }, snapshot).unwrap()
 }
 
 /// An upstream that reads everything until FIN, then answers with the byte
@@ -84,32 +59,18 @@ fn pattern(len: usize) -> Vec<u8> {
 fn bytes_cross_both_ways_with_half_close_and_tiny_buffers() {
     let (up, upstream) = counting_upstream(300_000);
     let port = free_port();
-    let workers = start(
-        port,
-        snapshot(json!({"1": {"upstream": {"nodes": {format!("127.0.0.1:{up}"): 1}}}})),
-        1024,
-    );
+    let workers = start(port, snapshot(json!({"1": {"upstream": {"nodes": {format!("127.0.0.1:{up}"): 1}}}})), 1024);
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let sent = pattern(500_000);
     client.write_all(&sent).unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     let mut reply = Vec::new();
     client.read_to_end(&mut reply).unwrap();
-    assert_eq!(
-        upstream.join().unwrap(),
-        sent,
-        "the upstream got every byte in order"
-    );
+    assert_eq!(upstream.join().unwrap(), sent, "the upstream got every byte in order");
     let header = b"500000\n";
     assert_eq!(&reply[..header.len()], header);
-    assert_eq!(
-        &reply[header.len()..],
-        &pattern(300_000)[..],
-        "the client got every byte after its half-close"
-    );
+    assert_eq!(&reply[header.len()..], &pattern(300_000)[..], "the client got every byte after its half-close");
     workers.shutdown(Duration::from_secs(1));
 }
 
@@ -119,40 +80,25 @@ fn a_refused_node_is_skipped_for_the_next() {
     let (up, upstream) = counting_upstream(0);
     let port = free_port();
     let nodes = json!({format!("127.0.0.1:{dead}"): 100, format!("127.0.0.1:{up}"): 1});
-    let workers = start(
-        port,
-        snapshot(json!({"1": {"upstream": {"nodes": nodes}}})),
-        65536,
-    );
+    let workers = start(port, snapshot(json!({"1": {"upstream": {"nodes": nodes}}})), 65536);
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     client.write_all(b"hello").unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     let mut reply = String::new();
     client.read_to_string(&mut reply).unwrap();
     assert_eq!(reply, "5\n");
-    assert_eq!(
-        upstream.join().unwrap(),
-        b"hello",
-        "bytes sent before the connect are kept for the node that accepts"
-    );
+    assert_eq!(upstream.join().unwrap(), b"hello", "bytes sent before the connect are kept for the node that accepts");
     workers.shutdown(Duration::from_secs(1));
 }
 
 #[test]
 fn no_route_closes_without_a_byte() {
     let port = free_port();
-    let workers = start(
-        port,
-        snapshot(json!({"1": {"server_port": 1, "upstream": {"nodes": {"127.0.0.1:1": 1}}}})),
-        65536,
-    );
+    let workers =
+        start(port, snapshot(json!({"1": {"server_port": 1, "upstream": {"nodes": {"127.0.0.1:1": 1}}}})), 65536);
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 16];
     let n = client.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0);

@@ -27,28 +27,16 @@ impl Balancers {
     /// group that still has one (spec §4.3.3). `None` when every node was tried.
     pub fn pick(&mut self, upstream: &Arc<ResolvedUpstream>, tried: &[usize]) -> Option<usize> {
         let nodes = upstream.addrs.len();
-        let top_priority = (0..nodes)
-            .filter(|i| !tried.contains(i))
-            .map(|i| upstream.priorities[i])
-            .max()?;
+        let top_priority = (0..nodes).filter(|i| !tried.contains(i)).map(|i| upstream.priorities[i]).max()?;
         let entry = self.entry(upstream);
-        entry.roundrobin.pick(&upstream.weights, |i| {
-            !tried.contains(&i) && upstream.priorities[i] == top_priority
-        })
+        entry.roundrobin.pick(&upstream.weights, |i| !tried.contains(&i) && upstream.priorities[i] == top_priority)
     }
 
     fn entry(&mut self, upstream: &Arc<ResolvedUpstream>) -> &mut Entry {
-        let fresh = || Entry {
-            upstream: upstream.clone(),
-            roundrobin: SmoothWeighted::new(upstream.addrs.len()),
-        };
-        let entry = self
-            .by_key
-            .entry(upstream.key.clone())
-            .or_insert_with(fresh);
+        let fresh = || Entry { upstream: upstream.clone(), roundrobin: SmoothWeighted::new(upstream.addrs.len()) };
+        let entry = self.by_key.entry(upstream.key.clone()).or_insert_with(fresh);
         if !Arc::ptr_eq(&entry.upstream, upstream) {
-            let same_nodes = entry.upstream.addrs == upstream.addrs
-                && entry.upstream.weights == upstream.weights;
+            let same_nodes = entry.upstream.addrs == upstream.addrs && entry.upstream.weights == upstream.weights;
             if same_nodes {
                 entry.upstream = upstream.clone();
             } else {

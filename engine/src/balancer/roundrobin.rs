@@ -9,9 +9,7 @@ pub struct SmoothWeighted {
 
 impl SmoothWeighted {
     pub fn new(nodes: usize) -> SmoothWeighted {
-        SmoothWeighted {
-            current: vec![0; nodes],
-        }
+        SmoothWeighted { current: vec![0; nodes] }
     }
 
     /// Picks among the nodes for which `eligible(i)` holds, with `weights[i]`.
@@ -19,9 +17,7 @@ impl SmoothWeighted {
     /// plain rotation). Returns `None` when no node is eligible.
     pub fn pick(&mut self, weights: &[u32], eligible: impl Fn(usize) -> bool) -> Option<usize> {
         debug_assert_eq!(weights.len(), self.current.len(), "state and nodes agree");
-        let all_zero = (0..weights.len())
-            .filter(|&i| eligible(i))
-            .all(|i| weights[i] == 0);
+        let all_zero = (0..weights.len()).filter(|&i| eligible(i)).all(|i| weights[i] == 0);
         let weight = |i: usize| if all_zero { 1 } else { i64::from(weights[i]) };
         let mut total = 0;
         let mut best: Option<usize> = None;
@@ -48,9 +44,7 @@ mod tests {
     #[test]
     fn weights_five_one_one_interleave() {
         let mut rr = SmoothWeighted::new(3);
-        let order: String = (0..7)
-            .map(|_| ["A", "B", "C"][rr.pick(&[5, 1, 1], |_| true).unwrap()])
-            .collect();
+        let order: String = (0..7).map(|_| ["A", "B", "C"][rr.pick(&[5, 1, 1], |_| true).unwrap()]).collect();
         assert_eq!(order, "AABACAA");
     }
 
@@ -69,9 +63,7 @@ mod tests {
         let mut rr = SmoothWeighted::new(2);
         assert!((0..10).all(|_| rr.pick(&[0, 2], |_| true) == Some(1)));
         let mut rr = SmoothWeighted::new(2);
-        let picks: Vec<_> = (0..4)
-            .map(|_| rr.pick(&[0, 0], |_| true).unwrap())
-            .collect();
+        let picks: Vec<_> = (0..4).map(|_| rr.pick(&[0, 0], |_| true).unwrap()).collect();
         assert_eq!(picks, [0, 1, 0, 1]);
         assert_eq!(rr.pick(&[1, 1], |_| false), None);
     }

@@ -39,9 +39,7 @@ pub const LISTENERS_MAX: usize = 4096;
 /// Parses one `stream_proxy.<tcp|udp>` list. Errors are APISIX's messages.
 pub fn parse_listen_list(protocol: Protocol, value: &Value) -> Result<Vec<ListenSpec>, String> {
     let key = protocol.key();
-    let items = value
-        .as_sequence()
-        .ok_or_else(|| format!("stream_proxy.{key} must be a list"))?;
+    let items = value.as_sequence().ok_or_else(|| format!("stream_proxy.{key} must be a list"))?;
     if items.is_empty() {
         return Err(format!("stream_proxy.{key} must have at least 1 item"));
     }
@@ -51,61 +49,34 @@ pub fn parse_listen_list(protocol: Protocol, value: &Value) -> Result<Vec<Listen
             Value::Mapping(map) if protocol == Protocol::Tcp => {
                 for (name, _) in map {
                     let name = name.as_str().unwrap_or("");
-                    if ![
-                        "addr",
-                        "tls",
-                        "tls_passthrough",
-                        "proxy_protocol",
-                        "proxy_protocol_to_upstream",
-                    ]
-                    .contains(&name)
+                    if !["addr", "tls", "tls_passthrough", "proxy_protocol", "proxy_protocol_to_upstream"]
+                        .contains(&name)
                     {
-                        return Err(format!(
-                            "invalid stream_proxy.{key} entry: unknown property {name}"
-                        ));
+                        return Err(format!("invalid stream_proxy.{key} entry: unknown property {name}"));
                     }
                 }
-                let addr = map
-                    .get("addr")
-                    .ok_or_else(|| format!("invalid stream_proxy.{key} entry: addr is required"))?;
+                let addr =
+                    map.get("addr").ok_or_else(|| format!("invalid stream_proxy.{key} entry: addr is required"))?;
                 let flag = |name: &str| -> Result<bool, String> {
                     match map.get(name) {
                         None => Ok(false),
                         Some(Value::Bool(b)) => Ok(*b),
-                        Some(_) => Err(format!(
-                            "invalid stream_proxy.{key} entry: {name} must be a boolean"
-                        )),
+                        Some(_) => Err(format!("invalid stream_proxy.{key} entry: {name} must be a boolean")),
                     }
                 };
-                (
-                    addr,
-                    flag("tls")?,
-                    flag("tls_passthrough")?,
-                    flag("proxy_protocol")?,
-                )
+                (addr, flag("tls")?, flag("tls_passthrough")?, flag("proxy_protocol")?)
             }
             other => (other, false, false, false),
         };
         let (ip, ports) = parse_addr(key, addr_value)?;
         for port in ports {
-            let spec = ListenSpec {
-                protocol,
-                addr: SocketAddr::new(ip, port),
-                tls,
-                tls_passthrough,
-                proxy_protocol,
-            };
+            let spec = ListenSpec { protocol, addr: SocketAddr::new(ip, port), tls, tls_passthrough, proxy_protocol };
             if specs.iter().any(|s| s.addr == spec.addr) {
-                return Err(format!(
-                    "invalid stream_proxy.{key} entry: duplicate address {}",
-                    spec.addr
-                ));
+                return Err(format!("invalid stream_proxy.{key} entry: duplicate address {}", spec.addr));
             }
             specs.push(spec);
             if specs.len() > LISTENERS_MAX {
-                return Err(format!(
-                    "invalid stream_proxy.{key} entry: more than {LISTENERS_MAX} listen addresses"
-                ));
+                return Err(format!("invalid stream_proxy.{key} entry: more than {LISTENERS_MAX} listen addresses"));
             }
         }
     }
@@ -116,9 +87,9 @@ fn parse_addr(key: &str, value: &Value) -> Result<(IpAddr, std::ops::RangeInclus
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     match value {
         Value::Number(n) => {
-            let port = n.as_i64().ok_or_else(|| {
-                format!("failed to validate stream_proxy.{key}: port must be an integer, got {n}")
-            })?;
+            let port = n
+                .as_i64()
+                .ok_or_else(|| format!("failed to validate stream_proxy.{key}: port must be an integer, got {n}"))?;
             let port = check_port(key, port)?;
             Ok((any, port..=port))
         }
@@ -130,16 +101,13 @@ fn parse_addr(key: &str, value: &Value) -> Result<(IpAddr, std::ops::RangeInclus
             let ip = match host {
                 None => any,
                 Some(host) => {
-                    let bare = host
-                        .strip_prefix('[')
-                        .and_then(|h| h.strip_suffix(']'))
-                        .unwrap_or(host);
+                    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
                     if host.contains(':') && !host.starts_with('[') {
-                        return Err(format!("invalid stream_proxy.{key} entry: IPv6 address must be in brackets: {text}"));
+                        return Err(format!(
+                            "invalid stream_proxy.{key} entry: IPv6 address must be in brackets: {text}"
+                        ));
                     }
-                    bare.parse().map_err(|_| {
-                        format!("invalid stream_proxy.{key} entry: invalid IP address: {text}")
-                    })?
+                    bare.parse().map_err(|_| format!("invalid stream_proxy.{key} entry: invalid IP address: {text}"))?
                 }
             };
             Ok((ip, parse_ports(key, ports, text)?))
@@ -148,16 +116,10 @@ fn parse_addr(key: &str, value: &Value) -> Result<(IpAddr, std::ops::RangeInclus
     }
 }
 
-fn parse_ports(
-    key: &str,
-    ports: &str,
-    whole: &str,
-) -> Result<std::ops::RangeInclusive<u16>, String> {
+fn parse_ports(key: &str, ports: &str, whole: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
     let number = |text: &str| -> Result<u16, String> {
-        let n: i64 = text
-            .trim()
-            .parse()
-            .map_err(|_| format!("invalid stream_proxy.{key} entry: invalid port: {whole}"))?;
+        let n: i64 =
+            text.trim().parse().map_err(|_| format!("invalid stream_proxy.{key} entry: invalid port: {whole}"))?;
         check_port(key, n)
     };
     match ports.split_once('-') {
@@ -179,9 +141,7 @@ fn check_port(key: &str, port: i64) -> Result<u16, String> {
     if (1..=65535).contains(&port) {
         Ok(port as u16)
     } else {
-        Err(format!(
-            "invalid stream_proxy.{key} entry: port out of range (1-65535): {port}"
-        ))
+        Err(format!("invalid stream_proxy.{key} entry: port out of range (1-65535): {port}"))
     }
 }
 
@@ -244,29 +204,17 @@ mod tests {
             parse(Protocol::Udp, "[0]").unwrap_err(),
             "invalid stream_proxy.udp entry: port out of range (1-65535): 0"
         );
-        assert_eq!(
-            parse(Protocol::Tcp, "[\"3000-2000\"]").unwrap_err(),
-            "invalid port range (start > end): 3000-2000"
-        );
+        assert_eq!(parse(Protocol::Tcp, "[\"3000-2000\"]").unwrap_err(), "invalid port range (start > end): 3000-2000");
         assert_eq!(
             parse(Protocol::Tcp, "[\"1.2.3.4:1-70000\"]").unwrap_err(),
             "invalid stream_proxy.tcp entry: port out of range (1-65535): 70000"
         );
-        assert_eq!(
-            parse(Protocol::Tcp, "[true]").unwrap_err(),
-            "invalid port value type: boolean"
-        );
-        assert!(parse(Protocol::Tcp, "[80.5]")
-            .unwrap_err()
-            .starts_with("failed to validate"));
+        assert_eq!(parse(Protocol::Tcp, "[true]").unwrap_err(), "invalid port value type: boolean");
+        assert!(parse(Protocol::Tcp, "[80.5]").unwrap_err().starts_with("failed to validate"));
         assert!(
-            parse(Protocol::Udp, "[{addr: 53}]")
-                .unwrap_err()
-                .contains("invalid port value type"),
+            parse(Protocol::Udp, "[{addr: 53}]").unwrap_err().contains("invalid port value type"),
             "UDP has no object form"
         );
-        assert!(parse(Protocol::Tcp, "[9100, 9100]")
-            .unwrap_err()
-            .contains("duplicate"));
+        assert!(parse(Protocol::Tcp, "[9100, 9100]").unwrap_err().contains("duplicate"));
     }
 }

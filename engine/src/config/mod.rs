@@ -7,6 +7,4 @@ mod listen;
 mod yaml;
 
 pub use listen::{parse_listen_list, ListenSpec, Protocol};
-pub use yaml::{
-    AdminKey, AdminRole, AdminSettings, ConfigError, ProxyMode, StraitConfig, WorkerProcesses,
-};
+pub use yaml::{AdminKey, AdminRole, AdminSettings, ConfigError, ProxyMode, StraitConfig, WorkerProcesses};

@@ -83,10 +83,7 @@ impl fmt::Display for ConfigError {
 }
 
 fn error(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.to_string(),
-        message: message.into(),
-    }
+    ConfigError { key: key.to_string(), message: message.into() }
 }
 
 const DEFAULT_ADMIN_PORT: u16 = 9180;
@@ -97,16 +94,12 @@ const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 impl StraitConfig {
     /// Parses config.yaml text. An empty document is the all-defaults config.
     pub fn parse(text: &str) -> Result<StraitConfig, ConfigError> {
-        let root: Value = serde_yaml::from_str(text)
-            .map_err(|e| error("(document)", format!("invalid YAML: {e}")))?;
+        let root: Value = serde_yaml::from_str(text).map_err(|e| error("(document)", format!("invalid YAML: {e}")))?;
         let root = match root {
             Value::Null => Value::Mapping(Default::default()),
             Value::Mapping(_) => root,
             other => {
-                return Err(error(
-                    "(document)",
-                    format!("expected a mapping at the top, got {}", yaml_type(&other)),
-                ))
+                return Err(error("(document)", format!("expected a mapping at the top, got {}", yaml_type(&other))))
             }
         };
 
@@ -118,30 +111,22 @@ impl StraitConfig {
             Some(other) => {
                 return Err(error(
                     "apisix.proxy_mode",
-                    format!(
-                        "must be one of http, stream, http&stream, got {}",
-                        show(other)
-                    ),
+                    format!("must be one of http, stream, http&stream, got {}", show(other)),
                 ))
             }
         };
         let tcp = match lookup(&root, "apisix.stream_proxy.tcp") {
             None | Some(Value::Null) => Vec::new(),
-            Some(v) => parse_listen_list(Protocol::Tcp, v)
-                .map_err(|m| error("apisix.stream_proxy.tcp", m))?,
+            Some(v) => parse_listen_list(Protocol::Tcp, v).map_err(|m| error("apisix.stream_proxy.tcp", m))?,
         };
         let udp = match lookup(&root, "apisix.stream_proxy.udp") {
             None | Some(Value::Null) => Vec::new(),
-            Some(v) => parse_listen_list(Protocol::Udp, v)
-                .map_err(|m| error("apisix.stream_proxy.udp", m))?,
+            Some(v) => parse_listen_list(Protocol::Udp, v).map_err(|m| error("apisix.stream_proxy.udp", m))?,
         };
         if let Some(spec) = tcp.iter().find(|s| s.proxy_protocol) {
             return Err(error(
                 "apisix.stream_proxy.tcp",
-                format!(
-                    "proxy_protocol on {} is not supported by Strait yet",
-                    spec.addr
-                ),
+                format!("proxy_protocol on {} is not supported by Strait yet", spec.addr),
             ));
         }
 
@@ -158,10 +143,7 @@ impl StraitConfig {
             Some(other) => {
                 return Err(error(
                     "nginx_config.worker_processes",
-                    format!(
-                        "must be \"auto\" or a number from 1 to 1024, got {}",
-                        show(other)
-                    ),
+                    format!("must be \"auto\" or a number from 1 to 1024, got {}", show(other)),
                 ))
             }
         };
@@ -179,34 +161,24 @@ impl StraitConfig {
         };
         let worker_shutdown_timeout = match lookup(&root, "nginx_config.worker_shutdown_timeout") {
             None | Some(Value::Null) => DEFAULT_SHUTDOWN_TIMEOUT,
-            Some(v) => {
-                parse_duration(v).map_err(|m| error("nginx_config.worker_shutdown_timeout", m))?
-            }
+            Some(v) => parse_duration(v).map_err(|m| error("nginx_config.worker_shutdown_timeout", m))?,
         };
         let data_dir = match lookup(&root, "strait.data_dir") {
             None | Some(Value::Null) => "strait-data".to_string(),
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(other) => {
-                return Err(error(
-                    "strait.data_dir",
-                    format!("must be a non-empty path, got {}", show(other)),
-                ))
+                return Err(error("strait.data_dir", format!("must be a non-empty path, got {}", show(other))))
             }
         };
         let buffer_size = match lookup(&root, "strait.buffer_size") {
             None | Some(Value::Null) => DEFAULT_BUFFER_SIZE,
-            Some(Value::Number(n))
-                if n.as_u64().is_some_and(|n| (1024..=16 << 20).contains(&n)) =>
-            {
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| (1024..=16 << 20).contains(&n)) => {
                 n.as_u64().expect("checked") as usize
             }
             Some(other) => {
                 return Err(error(
                     "strait.buffer_size",
-                    format!(
-                        "must be a byte count from 1024 to 16777216, got {}",
-                        show(other)
-                    ),
+                    format!("must be a byte count from 1024 to 16777216, got {}", show(other)),
                 ))
             }
         };
@@ -226,12 +198,7 @@ impl StraitConfig {
     /// True when an admin-role key is empty: APISIX generates one at start and
     /// writes it back into config.yaml.
     pub fn needs_generated_admin_key(&self) -> bool {
-        self.admin.key_required
-            && self
-                .admin
-                .keys
-                .iter()
-                .any(|k| k.role == AdminRole::Admin && k.key.is_empty())
+        self.admin.key_required && self.admin.keys.iter().any(|k| k.role == AdminRole::Admin && k.key.is_empty())
     }
 }
 
@@ -239,21 +206,13 @@ fn parse_admin(root: &Value) -> Result<AdminSettings, ConfigError> {
     let enabled = match lookup(root, "apisix.enable_admin") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(error(
-                "apisix.enable_admin",
-                format!("must be a boolean, got {}", show(other)),
-            ))
-        }
+        Some(other) => return Err(error("apisix.enable_admin", format!("must be a boolean, got {}", show(other)))),
     };
     let ip: IpAddr = match lookup(root, "deployment.admin.admin_listen.ip") {
         None | Some(Value::Null) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        Some(Value::String(s)) => s.parse().map_err(|_| {
-            error(
-                "deployment.admin.admin_listen.ip",
-                format!("invalid IP address: {s}"),
-            )
-        })?,
+        Some(Value::String(s)) => {
+            s.parse().map_err(|_| error("deployment.admin.admin_listen.ip", format!("invalid IP address: {s}")))?
+        }
         Some(other) => {
             return Err(error(
                 "deployment.admin.admin_listen.ip",
@@ -274,11 +233,7 @@ fn parse_admin(root: &Value) -> Result<AdminSettings, ConfigError> {
         }
     };
     let keys = match lookup(root, "deployment.admin.admin_key") {
-        None | Some(Value::Null) => vec![AdminKey {
-            name: "admin".into(),
-            key: String::new(),
-            role: AdminRole::Admin,
-        }],
+        None | Some(Value::Null) => vec![AdminKey { name: "admin".into(), key: String::new(), role: AdminRole::Admin }],
         Some(Value::Sequence(items)) => {
             let mut keys = Vec::new();
             for (index, item) in items.iter().enumerate() {
@@ -292,10 +247,7 @@ fn parse_admin(root: &Value) -> Result<AdminSettings, ConfigError> {
                     Some(Value::String(s)) => s.clone(),
                     Some(Value::Number(n)) => n.to_string(),
                     Some(other) => {
-                        return Err(error(
-                            &format!("{at}.key"),
-                            format!("must be a string, got {}", show(other)),
-                        ))
+                        return Err(error(&format!("{at}.key"), format!("must be a string, got {}", show(other))))
                     }
                 };
                 let role = match item.get("role") {
@@ -304,10 +256,7 @@ fn parse_admin(root: &Value) -> Result<AdminSettings, ConfigError> {
                     other => {
                         return Err(error(
                             &format!("{at}.role"),
-                            format!(
-                                "must be admin or viewer, got {}",
-                                other.map(show).unwrap_or("nothing".into())
-                            ),
+                            format!("must be admin or viewer, got {}", other.map(show).unwrap_or("nothing".into())),
                         ))
                     }
                 };
@@ -315,71 +264,43 @@ fn parse_admin(root: &Value) -> Result<AdminSettings, ConfigError> {
             }
             keys
         }
-        Some(other) => {
-            return Err(error(
-                "deployment.admin.admin_key",
-                format!("must be a list, got {}", show(other)),
-            ))
-        }
+        Some(other) => return Err(error("deployment.admin.admin_key", format!("must be a list, got {}", show(other)))),
     };
     let key_required = match lookup(root, "deployment.admin.admin_key_required") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
         Some(other) => {
-            return Err(error(
-                "deployment.admin.admin_key_required",
-                format!("must be a boolean, got {}", show(other)),
-            ))
+            return Err(error("deployment.admin.admin_key_required", format!("must be a boolean, got {}", show(other))))
         }
     };
     let allow_admin = match lookup_present(root, "deployment.admin.allow_admin") {
-        Lookup::Missing => Some(vec![
-            IpMatch::parse("127.0.0.0/24").expect("a valid default")
-        ]),
+        Lookup::Missing => Some(vec![IpMatch::parse("127.0.0.0/24").expect("a valid default")]),
         Lookup::Present(Value::Null) => None,
         Lookup::Present(Value::Sequence(items)) => {
             let mut nets = Vec::new();
             for item in items {
                 let text = item.as_str().ok_or_else(|| {
-                    error(
-                        "deployment.admin.allow_admin",
-                        format!("must list IPs or CIDRs, got {}", show(item)),
-                    )
+                    error("deployment.admin.allow_admin", format!("must list IPs or CIDRs, got {}", show(item)))
                 })?;
-                nets.push(IpMatch::parse(text).ok_or_else(|| {
-                    error(
-                        "deployment.admin.allow_admin",
-                        format!("invalid IP or CIDR: {text}"),
-                    )
-                })?);
+                nets.push(
+                    IpMatch::parse(text)
+                        .ok_or_else(|| error("deployment.admin.allow_admin", format!("invalid IP or CIDR: {text}")))?,
+                );
             }
             Some(nets)
         }
         Lookup::Present(other) => {
-            return Err(error(
-                "deployment.admin.allow_admin",
-                format!("must be a list, got {}", show(other)),
-            ))
+            return Err(error("deployment.admin.allow_admin", format!("must be a list, got {}", show(other))))
         }
     };
     let cors = match lookup(root, "deployment.admin.enable_admin_cors") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
         Some(other) => {
-            return Err(error(
-                "deployment.admin.enable_admin_cors",
-                format!("must be a boolean, got {}", show(other)),
-            ))
+            return Err(error("deployment.admin.enable_admin_cors", format!("must be a boolean, got {}", show(other))))
         }
     };
-    Ok(AdminSettings {
-        enabled,
-        listen: SocketAddr::new(ip, port),
-        keys,
-        key_required,
-        allow_admin,
-        cors,
-    })
+    Ok(AdminSettings { enabled, listen: SocketAddr::new(ip, port), keys, key_required, allow_admin, cors })
 }
 
 /// nginx time syntax: `240s`, `5m`, `500ms`, or a bare number of seconds.
@@ -393,20 +314,11 @@ fn parse_duration(value: &Value) -> Result<Duration, String> {
                 .ok_or_else(|| format!("invalid duration {n}"))
         }
         Value::String(s) => s.trim(),
-        other => {
-            return Err(format!(
-                "must be a duration like \"240s\", got {}",
-                show(other)
-            ))
-        }
+        other => return Err(format!("must be a duration like \"240s\", got {}", show(other))),
     };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text}"))?;
+    let number: f64 = number.parse().map_err(|_| format!("invalid duration {text}"))?;
     let seconds = match unit {
         "" | "s" => number,
         "ms" => number / 1000.0,
@@ -443,9 +355,7 @@ fn lookup_present<'a>(root: &'a Value, dotted: &str) -> Lookup<'a> {
 fn show(value: &Value) -> String {
     match value {
         Value::String(s) => format!("\"{s}\""),
-        other => serde_yaml::to_string(other)
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| yaml_type(other).into()),
+        other => serde_yaml::to_string(other).map(|s| s.trim().to_string()).unwrap_or_else(|_| yaml_type(other).into()),
     }
 }
 
@@ -498,15 +408,15 @@ nginx_config:
     #[test]
     fn errors_name_the_key() {
         let e = StraitConfig::parse("apisix: {stream_proxy: {tcp: [70000]}}").unwrap_err();
-        assert_eq!(e.to_string(), "apisix.stream_proxy.tcp: invalid stream_proxy.tcp entry: port out of range (1-65535): 70000");
+        assert_eq!(
+            e.to_string(),
+            "apisix.stream_proxy.tcp: invalid stream_proxy.tcp entry: port out of range (1-65535): 70000"
+        );
         let e = StraitConfig::parse("apisix: {proxy_mode: tcp}").unwrap_err();
         assert_eq!(e.key, "apisix.proxy_mode");
         let e = StraitConfig::parse("nginx_config: {worker_processes: 0}").unwrap_err();
         assert_eq!(e.key, "nginx_config.worker_processes");
-        let e = StraitConfig::parse(
-            "deployment: {admin: {admin_key: [{name: a, key: b, role: root}]}}",
-        )
-        .unwrap_err();
+        let e = StraitConfig::parse("deployment: {admin: {admin_key: [{name: a, key: b, role: root}]}}").unwrap_err();
         assert_eq!(e.key, "deployment.admin.admin_key[0].role");
     }
 }

@@ -14,9 +14,7 @@ impl IpMatch {
     /// a /32 or /128. Masks beyond 32 (v4) or 128 (v6) are rejected.
     pub fn parse(text: &str) -> Option<IpMatch> {
         if let Ok(addr) = text.parse::<IpAddr>() {
-            return Some(IpMatch {
-                net: IpNet::from(addr),
-            });
+            return Some(IpMatch { net: IpNet::from(addr) });
         }
         let (addr, mask) = text.split_once('/')?;
         if mask.is_empty() || mask.len() > 3 || !mask.bytes().all(|b| b.is_ascii_digit()) {
@@ -25,9 +23,7 @@ impl IpMatch {
         let addr: IpAddr = addr.parse().ok()?;
         let prefix: u8 = mask.parse().ok()?;
         // trunc(): `10.1.2.3/8` means the 10/8 block, as nginx and APISIX treat it.
-        IpNet::new(addr, prefix)
-            .ok()
-            .map(|net| IpMatch { net: net.trunc() })
+        IpNet::new(addr, prefix).ok().map(|net| IpMatch { net: net.trunc() })
     }
 
     pub fn contains(&self, addr: IpAddr) -> bool {
@@ -63,9 +59,7 @@ mod tests {
         let m = IpMatch::parse("2001:db8::/32").unwrap();
         assert!(m.contains("2001:db8::5".parse().unwrap()));
         assert!(!m.contains("2001:db9::5".parse().unwrap()));
-        assert!(IpMatch::parse("::/0")
-            .unwrap()
-            .contains("::1".parse().unwrap()));
+        assert!(IpMatch::parse("::/0").unwrap().contains("::1".parse().unwrap()));
     }
 
     #[test]
@@ -76,16 +70,7 @@ mod tests {
 
     #[test]
     fn bad_masks_and_addresses_are_rejected() {
-        for bad in [
-            ":/8",
-            "1.2.3.4/33",
-            "::1/129",
-            "1.2.3/8",
-            "1.2.3.4/",
-            "abc",
-            "1.2.3.4/-1",
-            "",
-        ] {
+        for bad in [":/8", "1.2.3.4/33", "::1/129", "1.2.3/8", "1.2.3.4/", "abc", "1.2.3.4/-1", ""] {
             assert!(IpMatch::parse(bad).is_none(), "{bad} must be rejected");
         }
     }

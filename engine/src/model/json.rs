@@ -33,10 +33,7 @@ pub fn as_object<'a>(value: &'a Value) -> Result<&'a Object, String> {
 /// Rejects properties outside `allowed` (`additionalProperties: false`).
 pub fn only_properties(object: &Object, allowed: &[&str]) -> Result<(), String> {
     // Report in a stable (sorted) order so the message does not depend on hashing.
-    let mut unknown: Vec<&String> = object
-        .keys()
-        .filter(|k| !allowed.contains(&k.as_str()))
-        .collect();
+    let mut unknown: Vec<&String> = object.keys().filter(|k| !allowed.contains(&k.as_str())).collect();
     unknown.sort();
     match unknown.first() {
         Some(name) => Err(format!("additional properties forbidden, found {name}")),
@@ -44,40 +41,22 @@ pub fn only_properties(object: &Object, allowed: &[&str]) -> Result<(), String> 
     }
 }
 
-pub fn string_field<'a>(
-    object: &'a Object,
-    name: &str,
-    min: usize,
-    max: usize,
-) -> Result<Option<&'a str>, String> {
+pub fn string_field<'a>(object: &'a Object, name: &str, min: usize, max: usize) -> Result<Option<&'a str>, String> {
     let Some(value) = object.get(name) else {
         return Ok(None);
     };
-    let text = value
-        .as_str()
-        .ok_or_else(|| in_property(name, wrong_type("string", value)))?;
+    let text = value.as_str().ok_or_else(|| in_property(name, wrong_type("string", value)))?;
     let chars = text.chars().count();
     if chars < min {
-        return Err(in_property(
-            name,
-            format!("string too short, expected at least {min}, got {chars}"),
-        ));
+        return Err(in_property(name, format!("string too short, expected at least {min}, got {chars}")));
     }
     if chars > max {
-        return Err(in_property(
-            name,
-            format!("string too long, expected at most {max}, got {chars}"),
-        ));
+        return Err(in_property(name, format!("string too long, expected at most {max}, got {chars}")));
     }
     Ok(Some(text))
 }
 
-pub fn integer_field(
-    object: &Object,
-    name: &str,
-    min: i64,
-    max: i64,
-) -> Result<Option<i64>, String> {
+pub fn integer_field(object: &Object, name: &str, min: i64, max: i64) -> Result<Option<i64>, String> {
     let Some(value) = object.get(name) else {
         return Ok(None);
     };
@@ -86,39 +65,24 @@ pub fn integer_field(
         .filter(|_| value.is_i64() || value.is_u64())
         .ok_or_else(|| in_property(name, wrong_type("integer", value)))?;
     if number < min {
-        return Err(in_property(
-            name,
-            format!("expected {number} to be at least {min}"),
-        ));
+        return Err(in_property(name, format!("expected {number} to be at least {min}")));
     }
     if number > max {
-        return Err(in_property(
-            name,
-            format!("expected {number} to be at most {max}"),
-        ));
+        return Err(in_property(name, format!("expected {number} to be at most {max}")));
     }
     Ok(Some(number))
 }
 
 /// A number that must be strictly greater than `exclusive_min`.
-pub fn number_above(
-    object: &Object,
-    name: &str,
-    exclusive_min: f64,
-) -> Result<Option<f64>, String> {
+pub fn number_above(object: &Object, name: &str, exclusive_min: f64) -> Result<Option<f64>, String> {
     let Some(value) = object.get(name) else {
         return Ok(None);
     };
-    let number = value
-        .as_f64()
-        .ok_or_else(|| in_property(name, wrong_type("number", value)))?;
+    let number = value.as_f64().ok_or_else(|| in_property(name, wrong_type("number", value)))?;
     if number <= exclusive_min {
         return Err(in_property(
             name,
-            format!(
-                "expected {} to be greater than {exclusive_min}",
-                display_number(value)
-            ),
+            format!("expected {} to be greater than {exclusive_min}", display_number(value)),
         ));
     }
     Ok(Some(number))
@@ -128,14 +92,9 @@ pub fn number_at_least(object: &Object, name: &str, min: f64) -> Result<Option<f
     let Some(value) = object.get(name) else {
         return Ok(None);
     };
-    let number = value
-        .as_f64()
-        .ok_or_else(|| in_property(name, wrong_type("number", value)))?;
+    let number = value.as_f64().ok_or_else(|| in_property(name, wrong_type("number", value)))?;
     if number < min {
-        return Err(in_property(
-            name,
-            format!("expected {} to be at least {min}", display_number(value)),
-        ));
+        return Err(in_property(name, format!("expected {} to be at least {min}", display_number(value))));
     }
     Ok(Some(number))
 }
@@ -148,9 +107,7 @@ fn display_number(value: &Value) -> String {
 pub fn check_id_value(value: &Value) -> Result<(), String> {
     let ok = match value {
         Value::String(s) => {
-            (1..=64).contains(&s.len())
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         }
         Value::Number(n) => n.as_u64().is_some_and(|n| n >= 1),
         _ => false,
@@ -183,16 +140,12 @@ pub fn check_common_fields(object: &Object) -> Result<(), String> {
     if let Some(labels) = object.get("labels") {
         let labels = as_object(labels).map_err(|e| in_property("labels", e))?;
         for (key, value) in labels {
-            let text = value.as_str().ok_or_else(|| {
-                in_property("labels", in_property(key, wrong_type("string", value)))
-            })?;
+            let text =
+                value.as_str().ok_or_else(|| in_property("labels", in_property(key, wrong_type("string", value))))?;
             if text.is_empty() || text.len() > 256 || text.chars().any(char::is_whitespace) {
                 return Err(in_property(
                     "labels",
-                    in_property(
-                        key,
-                        format!("failed to match pattern \"^\\\\S+$\" with \"{text}\""),
-                    ),
+                    in_property(key, format!("failed to match pattern \"^\\\\S+$\" with \"{text}\"")),
                 ));
             }
         }
@@ -208,8 +161,5 @@ pub fn is_host_def(text: &str) -> bool {
         return true;
     }
     let rest = text.strip_prefix('*').unwrap_or(text);
-    !rest.is_empty()
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
+    !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
 }

@@ -57,27 +57,15 @@ impl StreamRoute {
         }
         if let Some(list) = object.get("snis") {
             if object.contains_key("sni") {
-                return Err(
-                    "value wasn't supposed to match schema: sni and snis cannot be used together"
-                        .into(),
-                );
+                return Err("value wasn't supposed to match schema: sni and snis cannot be used together".into());
             }
-            let items = list
-                .as_array()
-                .ok_or_else(|| in_property("snis", wrong_type("array", list)))?;
+            let items = list.as_array().ok_or_else(|| in_property("snis", wrong_type("array", list)))?;
             if items.is_empty() {
-                return Err(in_property(
-                    "snis",
-                    "expect array to have at least 1 items".into(),
-                ));
+                return Err(in_property("snis", "expect array to have at least 1 items".into()));
             }
             for (index, item) in items.iter().enumerate() {
-                let pattern = host_pattern(item).map_err(|e| {
-                    in_property(
-                        "snis",
-                        format!("failed to validate item {}: {e}", index + 1),
-                    )
-                })?;
+                let pattern = host_pattern(item)
+                    .map_err(|e| in_property("snis", format!("failed to validate item {}: {e}", index + 1)))?;
                 // A lone `*` in `snis` means no SNI restriction (spec §3.1).
                 if pattern == "*" {
                     snis.clear();
@@ -88,9 +76,7 @@ impl StreamRoute {
         }
 
         let upstream = match object.get("upstream") {
-            Some(value) => {
-                Some(Upstream::from_json(value).map_err(|e| in_property("upstream", e))?)
-            }
+            Some(value) => Some(Upstream::from_json(value).map_err(|e| in_property("upstream", e))?),
             None => None,
         };
         let upstream_id = object.get("upstream_id").and_then(json::id_string);
@@ -129,12 +115,8 @@ fn ip_field(object: &json::Object, name: &str) -> Result<Option<IpMatch>, String
     let Some(value) = object.get(name) else {
         return Ok(None);
     };
-    let text = value
-        .as_str()
-        .ok_or_else(|| in_property(name, wrong_type("string", value)))?;
-    IpMatch::parse(text)
-        .map(Some)
-        .ok_or_else(|| format!("invalid {name}: {text}"))
+    let text = value.as_str().ok_or_else(|| in_property(name, wrong_type("string", value)))?;
+    IpMatch::parse(text).map(Some).ok_or_else(|| format!("invalid {name}: {text}"))
 }
 
 fn host_pattern(value: &Value) -> Result<String, String> {
@@ -159,21 +141,13 @@ mod tests {
             &json!({"remote_addr": "127.0.0.1", "upstream": {"nodes": {"127.0.0.1:1995": 1}, "type": "roundrobin"}}),
         )
         .unwrap();
-        assert!(r
-            .remote_addr
-            .unwrap()
-            .contains("127.0.0.1".parse().unwrap()));
-        let r = StreamRoute::from_json(
-            "2",
-            &json!({"server_addr": "127.0.0.1", "server_port": 2000, "upstream_id": 1}),
-        )
-        .unwrap();
+        assert!(r.remote_addr.unwrap().contains("127.0.0.1".parse().unwrap()));
+        let r =
+            StreamRoute::from_json("2", &json!({"server_addr": "127.0.0.1", "server_port": 2000, "upstream_id": 1}))
+                .unwrap();
         assert_eq!(r.server_port, Some(2000));
         assert_eq!(r.upstream_id.as_deref(), Some("1"));
-        assert!(
-            StreamRoute::from_json("3", &json!({})).is_ok(),
-            "an empty route is valid and matches everything"
-        );
+        assert!(StreamRoute::from_json("3", &json!({})).is_ok(), "an empty route is valid and matches everything");
     }
 
     #[test]
@@ -182,18 +156,23 @@ mod tests {
             (json!({"remote_addr": ":/8"}), "invalid remote_addr: :/8"),
             (json!({"server_addr": "1.2.3.4/40"}), "invalid server_addr: 1.2.3.4/40"),
             (json!({"server_port": 0}), "property \"server_port\" validation failed: expected 0 to be at least 1"),
-            (json!({"server_port": "80"}), "property \"server_port\" validation failed: wrong type: expected integer, got string"),
+            (
+                json!({"server_port": "80"}),
+                "property \"server_port\" validation failed: wrong type: expected integer, got string",
+            ),
             (json!({"bogus": true}), "additional properties forbidden, found bogus"),
             (json!({"plugins": {"limit-conn": {}}}), "unknown plugin [limit-conn]"),
-            (json!({"upstream_id": "*bad"}), "property \"upstream_id\" validation failed: object matches none of the required"),
-            (json!({"upstream": {"nodes": {"a:0": 1}}}), "property \"upstream\" validation failed: property \"nodes\" validation failed: invalid port 0"),
+            (
+                json!({"upstream_id": "*bad"}),
+                "property \"upstream_id\" validation failed: object matches none of the required",
+            ),
+            (
+                json!({"upstream": {"nodes": {"a:0": 1}}}),
+                "property \"upstream\" validation failed: property \"nodes\" validation failed: invalid port 0",
+            ),
         ];
         for (input, expected) in cases {
-            assert_eq!(
-                StreamRoute::from_json("1", &input).unwrap_err(),
-                expected,
-                "for {input}"
-            );
+            assert_eq!(StreamRoute::from_json("1", &input).unwrap_err(), expected, "for {input}");
         }
     }
 

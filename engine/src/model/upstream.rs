@@ -23,10 +23,7 @@ impl Node {
 
     /// The host without IPv6 brackets, ready for address parsing or resolution.
     pub fn bare_host(&self) -> &str {
-        self.host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(&self.host)
+        self.host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&self.host)
     }
 }
 
@@ -69,6 +66,9 @@ pub struct Upstream {
     pub retry_timeout: Duration,
     pub timeout: Option<UpstreamTimeout>,
     pub scheme: Option<String>,
+    /// Strait extension (nginx's `proxy_responses`): a UDP session ends after
+    /// this many replies; 1 suits DNS. `None` = the config.yaml default.
+    pub proxy_responses: Option<u32>,
 }
 
 /// nginx's stream defaults, which APISIX does not override (spec §1.3).
@@ -98,28 +98,22 @@ const UPSTREAM_PROPERTIES: &[&str] = &[
     "pass_host",
     "upstream_host",
     "keepalive_pool",
+    "proxy_responses",
 ];
 
 impl Upstream {
     pub fn connect_timeout(&self) -> Duration {
-        self.timeout
-            .map(|t| t.connect)
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+        self.timeout.map(|t| t.connect).unwrap_or(DEFAULT_CONNECT_TIMEOUT)
     }
 
     /// nginx's `proxy_timeout`: the longest quiet period on a connection.
     pub fn idle_timeout(&self) -> Duration {
-        self.timeout
-            .map(|t| t.send.max(t.read))
-            .unwrap_or(DEFAULT_IDLE_TIMEOUT)
+        self.timeout.map(|t| t.send.max(t.read)).unwrap_or(DEFAULT_IDLE_TIMEOUT)
     }
 
     /// Total tries for one connection: 1 + retries (unset: one per node).
     pub fn max_tries(&self) -> usize {
-        let retries = self
-            .retries
-            .map(|r| r as usize)
-            .unwrap_or(self.nodes.len().saturating_sub(1));
+        let retries = self.retries.map(|r| r as usize).unwrap_or(self.nodes.len().saturating_sub(1));
         1 + retries
     }
 
@@ -129,51 +123,44 @@ impl Upstream {
         json::only_properties(object, UPSTREAM_PROPERTIES)?;
         json::check_common_fields(object)?;
 
-        let has_discovery =
-            object.contains_key("service_name") || object.contains_key("discovery_type");
-        let nodes = match object.get("nodes") {
-            Some(nodes) if !has_discovery => parse_nodes(nodes).map_err(|e| in_property("nodes", e))?,
-            Some(_) => return Err("value should match only one schema, but matches both schemas 1 and 2".into()),
-            None if has_discovery => {
-                return Err("service discovery (service_name/discovery_type) is not supported by Strait; list nodes instead".into())
-            }
-            None => return Err("value should match only one schema, but matches none".into()),
-        };
+        let has_discovery = object.contains_key("service_name") || object.contains_key("discovery_type");
+        let nodes =
+            match object.get("nodes") {
+                Some(nodes) if !has_discovery => parse_nodes(nodes).map_err(|e| in_property("nodes", e))?,
+                Some(_) => return Err("value should match only one schema, but matches both schemas 1 and 2".into()),
+                None if has_discovery => return Err(
+                    "service discovery (service_name/discovery_type) is not supported by Strait; list nodes instead"
+                        .into(),
+                ),
+                None => return Err("value should match only one schema, but matches none".into()),
+            };
 
         let balancer = match object.get("type") {
             None => BalancerType::RoundRobin,
             Some(Value::String(text)) => BalancerType::parse(text).ok_or_else(|| {
-                in_property("type", format!("matches none of the enum values (roundrobin, chash, least_conn, ewma): {text}"))
+                in_property(
+                    "type",
+                    format!("matches none of the enum values (roundrobin, chash, least_conn, ewma): {text}"),
+                )
             })?,
             Some(other) => return Err(in_property("type", wrong_type("string", other))),
         };
         let hash_on = match object.get("hash_on") {
             None => None,
             Some(Value::String(text))
-                if ["vars", "header", "cookie", "consumer", "vars_combinations"]
-                    .contains(&text.as_str()) =>
+                if ["vars", "header", "cookie", "consumer", "vars_combinations"].contains(&text.as_str()) =>
             {
                 Some(text.clone())
             }
-            Some(_) => {
-                return Err(in_property(
-                    "hash_on",
-                    "matches none of the enum values".into(),
-                ))
-            }
+            Some(_) => return Err(in_property("hash_on", "matches none of the enum values".into())),
         };
         let key = json::string_field(object, "key", 0, usize::MAX)?.map(str::to_string);
-        if balancer == BalancerType::Chash
-            && hash_on.as_deref() != Some("consumer")
-            && key.is_none()
-        {
+        if balancer == BalancerType::Chash && hash_on.as_deref() != Some("consumer") && key.is_none() {
             return Err("missing key".into());
         }
-        let retries =
-            json::integer_field(object, "retries", 0, i64::from(u32::MAX))?.map(|r| r as u32);
-        let retry_timeout = json::number_at_least(object, "retry_timeout", 0.0)?
-            .map(Duration::from_secs_f64)
-            .unwrap_or_default();
+        let retries = json::integer_field(object, "retries", 0, i64::from(u32::MAX))?.map(|r| r as u32);
+        let retry_timeout =
+            json::number_at_least(object, "retry_timeout", 0.0)?.map(Duration::from_secs_f64).unwrap_or_default();
         let timeout = match object.get("timeout") {
             None => None,
             Some(value) => Some(parse_timeout(value).map_err(|e| in_property("timeout", e))?),
@@ -181,19 +168,11 @@ impl Upstream {
         let scheme = match object.get("scheme") {
             None => None,
             Some(Value::String(text))
-                if [
-                    "grpc", "grpcs", "http", "https", "tcp", "tls", "udp", "kafka",
-                ]
-                .contains(&text.as_str()) =>
+                if ["grpc", "grpcs", "http", "https", "tcp", "tls", "udp", "kafka"].contains(&text.as_str()) =>
             {
                 Some(text.clone())
             }
-            Some(_) => {
-                return Err(in_property(
-                    "scheme",
-                    "matches none of the enum values".into(),
-                ))
-            }
+            Some(_) => return Err(in_property("scheme", "matches none of the enum values".into())),
         };
         if let Some(checks) = object.get("checks") {
             let checks = json::as_object(checks).map_err(|e| in_property("checks", e))?;
@@ -207,16 +186,8 @@ impl Upstream {
         if let Some(tls) = object.get("tls") {
             json::as_object(tls).map_err(|e| in_property("tls", e))?;
         }
-        Ok(Upstream {
-            nodes,
-            balancer,
-            hash_on,
-            key,
-            retries,
-            retry_timeout,
-            timeout,
-            scheme,
-        })
+        let proxy_responses = json::integer_field(object, "proxy_responses", 0, i64::from(u32::MAX))?.map(|n| n as u32);
+        Ok(Upstream { nodes, balancer, hash_on, key, retries, retry_timeout, timeout, scheme, proxy_responses })
     }
 }
 
@@ -225,15 +196,10 @@ fn parse_timeout(value: &Value) -> Result<UpstreamTimeout, String> {
     json::only_properties(object, &["connect", "send", "read"])?;
     let mut seconds = [0.0; 3];
     for (slot, name) in seconds.iter_mut().zip(["connect", "send", "read"]) {
-        *slot = json::number_above(object, name, 0.0)?
-            .ok_or_else(|| format!("property \"{name}\" is required"))?;
+        *slot = json::number_above(object, name, 0.0)?.ok_or_else(|| format!("property \"{name}\" is required"))?;
     }
     let [connect, send, read] = seconds.map(Duration::from_secs_f64);
-    Ok(UpstreamTimeout {
-        connect,
-        send,
-        read,
-    })
+    Ok(UpstreamTimeout { connect, send, read })
 }
 
 /// Nodes in either APISIX form: `{"host:port": weight}` or `[{host, port, weight, priority}]`.
@@ -247,20 +213,15 @@ fn parse_nodes(value: &Value) -> Result<Vec<Node>, String> {
                     .filter(|w| *w <= u64::from(u32::MAX))
                     .ok_or("object matches none of the required")?;
                 let (host, port) = split_host_port(address)?;
-                nodes.push(Node {
-                    host,
-                    port,
-                    weight: weight as u32,
-                    priority: 0,
-                });
+                nodes.push(Node { host, port, weight: weight as u32, priority: 0 });
             }
             Ok(nodes)
         }
         Value::Array(items) => {
             let mut nodes = Vec::with_capacity(items.len());
             for (index, item) in items.iter().enumerate() {
-                let node = parse_node_object(item)
-                    .map_err(|e| format!("failed to validate item {}: {e}", index + 1))?;
+                let node =
+                    parse_node_object(item).map_err(|e| format!("failed to validate item {}: {e}", index + 1))?;
                 nodes.push(node);
             }
             Ok(nodes)
@@ -272,46 +233,30 @@ fn parse_nodes(value: &Value) -> Result<Vec<Node>, String> {
 fn parse_node_object(value: &Value) -> Result<Node, String> {
     let object: &Object = json::as_object(value)?;
     json::only_properties(object, &["host", "port", "weight", "priority", "metadata"])?;
-    let host =
-        json::string_field(object, "host", 1, 256)?.ok_or("property \"host\" is required")?;
+    let host = json::string_field(object, "host", 1, 256)?.ok_or("property \"host\" is required")?;
     if !json::is_host_def(host) {
-        return Err(in_property(
-            "host",
-            format!("failed to match pattern with \"{host}\""),
-        ));
+        return Err(in_property("host", format!("failed to match pattern with \"{host}\"")));
     }
     if host.contains(':') && !host.starts_with('[') {
         return Err("IPv6 address must be enclosed with '[' and ']'".into());
     }
     let port = json::integer_field(object, "port", 1, 65535)?
         .ok_or("property \"port\" is required (a stream node needs a port)")? as u16;
-    let weight = json::integer_field(object, "weight", 0, i64::from(u32::MAX))?
-        .ok_or("property \"weight\" is required")?;
-    let priority =
-        json::integer_field(object, "priority", i64::from(i32::MIN), i64::from(i32::MAX))?
-            .unwrap_or(0);
-    Ok(Node {
-        host: host.to_string(),
-        port,
-        weight: weight as u32,
-        priority: priority as i32,
-    })
+    let weight =
+        json::integer_field(object, "weight", 0, i64::from(u32::MAX))?.ok_or("property \"weight\" is required")?;
+    let priority = json::integer_field(object, "priority", i64::from(i32::MIN), i64::from(i32::MAX))?.unwrap_or(0);
+    Ok(Node { host: host.to_string(), port, weight: weight as u32, priority: priority as i32 })
 }
 
 /// Splits `host:port`, `[v6]:port`. A stream node always needs a port.
 fn split_host_port(address: &str) -> Result<(String, u16), String> {
     let (host, port) = if let Some(rest) = address.strip_prefix('[') {
-        let (inside, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("invalid node address: {address}"))?;
-        let port = after
-            .strip_prefix(':')
-            .ok_or_else(|| format!("missing port in node address: {address}"))?;
+        let (inside, after) = rest.split_once(']').ok_or_else(|| format!("invalid node address: {address}"))?;
+        let port = after.strip_prefix(':').ok_or_else(|| format!("missing port in node address: {address}"))?;
         (format!("[{inside}]"), port)
     } else {
-        let (host, port) = address
-            .rsplit_once(':')
-            .ok_or_else(|| format!("missing port in node address: {address}"))?;
+        let (host, port) =
+            address.rsplit_once(':').ok_or_else(|| format!("missing port in node address: {address}"))?;
         if host.contains(':') {
             return Err("IPv6 address must be enclosed with '[' and ']'".into());
         }
@@ -334,28 +279,14 @@ mod tests {
 
     #[test]
     fn both_node_forms_parse() {
-        let u = Upstream::from_json(
-            &json!({"nodes": {"127.0.0.1:1995": 2, "[::1]:80": 1}, "type": "roundrobin"}),
-        )
-        .unwrap();
+        let u =
+            Upstream::from_json(&json!({"nodes": {"127.0.0.1:1995": 2, "[::1]:80": 1}, "type": "roundrobin"})).unwrap();
         assert_eq!(u.nodes.len(), 2);
-        assert!(u
-            .nodes
-            .iter()
-            .any(|n| n.host == "[::1]" && n.port == 80 && n.bare_host() == "::1"));
-        let u = Upstream::from_json(
-            &json!({"nodes": [{"host": "10.0.0.1", "port": 3306, "weight": 1, "priority": -1}]}),
-        )
-        .unwrap();
-        assert_eq!(
-            u.nodes[0],
-            Node {
-                host: "10.0.0.1".into(),
-                port: 3306,
-                weight: 1,
-                priority: -1
-            }
-        );
+        assert!(u.nodes.iter().any(|n| n.host == "[::1]" && n.port == 80 && n.bare_host() == "::1"));
+        let u =
+            Upstream::from_json(&json!({"nodes": [{"host": "10.0.0.1", "port": 3306, "weight": 1, "priority": -1}]}))
+                .unwrap();
+        assert_eq!(u.nodes[0], Node { host: "10.0.0.1".into(), port: 3306, weight: 1, priority: -1 });
     }
 
     #[test]
@@ -364,7 +295,10 @@ mod tests {
         assert_eq!(u.max_tries(), 3, "unset retries means one try per node");
         assert_eq!(u.connect_timeout(), Duration::from_secs(60));
         assert_eq!(u.idle_timeout(), Duration::from_secs(600));
-        let u = Upstream::from_json(&json!({"nodes": {"a:1": 1}, "retries": 0, "timeout": {"connect": 0.5, "send": 3, "read": 7}})).unwrap();
+        let u = Upstream::from_json(
+            &json!({"nodes": {"a:1": 1}, "retries": 0, "timeout": {"connect": 0.5, "send": 3, "read": 7}}),
+        )
+        .unwrap();
         assert_eq!(u.max_tries(), 1);
         assert_eq!(u.connect_timeout(), Duration::from_millis(500));
         assert_eq!(u.idle_timeout(), Duration::from_secs(7));
@@ -383,11 +317,7 @@ mod tests {
             (json!({}), "value should match only one schema, but matches none"),
         ];
         for (input, expected) in cases {
-            assert_eq!(
-                Upstream::from_json(&input).unwrap_err(),
-                expected,
-                "for {input}"
-            );
+            assert_eq!(Upstream::from_json(&input).unwrap_err(), expected, "for {input}");
         }
     }
 }

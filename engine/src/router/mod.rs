@@ -47,21 +47,13 @@ pub(crate) struct AddressFilter {
 
 impl AddressFilter {
     pub(crate) fn of(route: &StreamRoute) -> AddressFilter {
-        AddressFilter {
-            remote_addr: route.remote_addr,
-            server_addr: route.server_addr,
-            server_port: route.server_port,
-        }
+        AddressFilter { remote_addr: route.remote_addr, server_addr: route.server_addr, server_port: route.server_port }
     }
 
     pub(crate) fn accepts(&self, input: &MatchInput<'_>) -> bool {
         self.server_port.is_none_or(|p| p == input.server_port)
-            && self
-                .server_addr
-                .is_none_or(|m| m.contains(input.server_addr))
-            && self
-                .remote_addr
-                .is_none_or(|m| m.contains(input.remote_addr))
+            && self.server_addr.is_none_or(|m| m.contains(input.server_addr))
+            && self.remote_addr.is_none_or(|m| m.contains(input.remote_addr))
     }
 }
 
@@ -77,11 +69,7 @@ impl Router {
             let index = index as u32;
             router.filters.push(AddressFilter::of(route));
             if route.snis.is_empty() {
-                router
-                    .plain_by_port
-                    .entry(route.server_port)
-                    .or_default()
-                    .push(index);
+                router.plain_by_port.entry(route.server_port).or_default().push(index);
             } else {
                 for pattern in &route.snis {
                     router
@@ -115,17 +103,9 @@ impl Router {
     }
 
     /// The first route (lowest index) among those for this port and those for any port.
-    fn first_in(
-        &self,
-        by_port: &HashMap<Option<u16>, Vec<u32>>,
-        input: &MatchInput<'_>,
-    ) -> Option<usize> {
+    fn first_in(&self, by_port: &HashMap<Option<u16>, Vec<u32>>, input: &MatchInput<'_>) -> Option<usize> {
         let pick = |list: Option<&Vec<u32>>| {
-            list.and_then(|l| {
-                l.iter()
-                    .copied()
-                    .find(|&i| self.filters[i as usize].accepts(input))
-            })
+            list.and_then(|l| l.iter().copied().find(|&i| self.filters[i as usize].accepts(input)))
         };
         let exact = pick(by_port.get(&Some(input.server_port)));
         let any = pick(by_port.get(&None));
@@ -142,10 +122,7 @@ mod tests {
     use serde_json::json;
 
     fn routes(list: &[serde_json::Value]) -> Vec<StreamRoute> {
-        list.iter()
-            .enumerate()
-            .map(|(i, v)| StreamRoute::from_json(&i.to_string(), v).unwrap())
-            .collect()
+        list.iter().enumerate().map(|(i, v)| StreamRoute::from_json(&i.to_string(), v).unwrap()).collect()
     }
 
     fn input<'a>(server: &str, port: u16, remote: &str, sni: Option<&'a str>) -> MatchInput<'a> {
@@ -165,35 +142,17 @@ mod tests {
             json!({"remote_addr": "2001:db8::/32"}),
         ]);
         let router = Router::new(&r);
-        assert_eq!(
-            router.find(&input("127.0.0.1", 9101, "1.1.1.1", None)),
-            Some(0)
-        );
-        assert_eq!(
-            router.find(&input("127.0.0.2", 9101, "1.1.1.1", None)),
-            None
-        );
-        assert_eq!(
-            router.find(&input("127.0.0.1", 9100, "10.1.1.1", None)),
-            Some(1)
-        );
-        assert_eq!(
-            router.find(&input("::1", 9100, "2001:db8::1", None)),
-            Some(2)
-        );
-        assert_eq!(
-            router.find(&input("127.0.0.1", 9100, "1.1.1.1", None)),
-            None
-        );
+        assert_eq!(router.find(&input("127.0.0.1", 9101, "1.1.1.1", None)), Some(0));
+        assert_eq!(router.find(&input("127.0.0.2", 9101, "1.1.1.1", None)), None);
+        assert_eq!(router.find(&input("127.0.0.1", 9100, "10.1.1.1", None)), Some(1));
+        assert_eq!(router.find(&input("::1", 9100, "2001:db8::1", None)), Some(2));
+        assert_eq!(router.find(&input("127.0.0.1", 9100, "1.1.1.1", None)), None);
     }
 
     #[test]
     fn first_route_in_order_wins_across_port_lists() {
         let r = routes(&[json!({}), json!({"server_port": 9100})]);
-        assert_eq!(
-            Router::new(&r).find(&input("127.0.0.1", 9100, "1.1.1.1", None)),
-            Some(0)
-        );
+        assert_eq!(Router::new(&r).find(&input("127.0.0.1", 9100, "1.1.1.1", None)), Some(0));
     }
 
     #[test]
@@ -206,25 +165,10 @@ mod tests {
             json!({}),
         ]);
         let router = Router::new(&r);
-        assert_eq!(
-            router.find(&input("127.0.0.1", 1, "1.1.1.1", Some("a.test.com"))),
-            Some(2)
-        );
-        assert_eq!(
-            router.find(&input("127.0.0.1", 1, "1.1.1.1", Some("x.b.test.com"))),
-            Some(3)
-        );
-        assert_eq!(
-            router.find(&input("127.0.0.1", 1, "1.1.1.1", Some("z.test.com"))),
-            Some(1)
-        );
-        assert_eq!(
-            router.find(&input("127.0.0.1", 1, "1.1.1.1", Some("other.org"))),
-            Some(0)
-        );
-        assert_eq!(
-            router.find(&input("127.0.0.1", 1, "1.1.1.1", None)),
-            Some(4)
-        );
+        assert_eq!(router.find(&input("127.0.0.1", 1, "1.1.1.1", Some("a.test.com"))), Some(2));
+        assert_eq!(router.find(&input("127.0.0.1", 1, "1.1.1.1", Some("x.b.test.com"))), Some(3));
+        assert_eq!(router.find(&input("127.0.0.1", 1, "1.1.1.1", Some("z.test.com"))), Some(1));
+        assert_eq!(router.find(&input("127.0.0.1", 1, "1.1.1.1", Some("other.org"))), Some(0));
+        assert_eq!(router.find(&input("127.0.0.1", 1, "1.1.1.1", None)), Some(4));
     }
 }

@@ -84,15 +84,9 @@ impl TcpConn {
         route_id: String,
         upstream: Arc<ResolvedUpstream>,
     ) -> Result<TcpConn, CloseReason> {
-        let node = ctx
-            .balancers
-            .pick(&upstream, &[])
-            .ok_or(CloseReason::NoUpstreamNode)?;
+        let node = ctx.balancers.pick(&upstream, &[]).ok_or(CloseReason::NoUpstreamNode)?;
         let deadline = ctx.now + upstream.config.connect_timeout();
-        ctx.actions.push_back(Action::Connect {
-            conn: id,
-            addr: upstream.addrs[node],
-        });
+        ctx.actions.push_back(Action::Connect { conn: id, addr: upstream.addrs[node] });
         Ok(TcpConn {
             listener,
             local,
@@ -133,16 +127,8 @@ impl TcpConn {
 
     /// The connect to the current node failed (refused, unreachable, timed out):
     /// try the next untried node within `retries` and `retry_timeout`, or give up.
-    pub fn on_connect_failed(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        id: ConnId,
-        error: ConnectError,
-    ) -> Outcome {
-        debug_assert!(
-            matches!(self.phase, Phase::Connecting { .. }),
-            "only a connecting connection fails a connect"
-        );
+    pub fn on_connect_failed(&mut self, ctx: &mut Ctx<'_>, id: ConnId, error: ConnectError) -> Outcome {
+        debug_assert!(matches!(self.phase, Phase::Connecting { .. }), "only a connecting connection fails a connect");
         log::warn!(
             "stream route [{}]: connect to {} failed ({error:?}), try {} of {}",
             self.route_id,
@@ -151,8 +137,7 @@ impl TcpConn {
             self.upstream.config.max_tries()
         );
         let config = &self.upstream.config;
-        let out_of_time =
-            !config.retry_timeout.is_zero() && ctx.now >= self.first_pick + config.retry_timeout;
+        let out_of_time = !config.retry_timeout.is_zero() && ctx.now >= self.first_pick + config.retry_timeout;
         if self.tried.len() >= config.max_tries() || out_of_time {
             return self.close(ctx, id, CloseReason::UpstreamUnreachable);
         }
@@ -161,13 +146,8 @@ impl TcpConn {
         };
         self.node = node;
         self.tried.push(node);
-        self.phase = Phase::Connecting {
-            deadline: ctx.now + config.connect_timeout(),
-        };
-        ctx.actions.push_back(Action::Connect {
-            conn: id,
-            addr: self.upstream.addrs[node],
-        });
+        self.phase = Phase::Connecting { deadline: ctx.now + config.connect_timeout() };
+        ctx.actions.push_back(Action::Connect { conn: id, addr: self.upstream.addrs[node] });
         Outcome::Open
     }
 
@@ -201,10 +181,7 @@ impl TcpConn {
             }
             return self.forward_eof_if_drained(ctx, id, side);
         }
-        let buffer = flow
-            .buffer
-            .as_mut()
-            .expect("a read fills a buffer handed out by read_buf");
+        let buffer = flow.buffer.as_mut().expect("a read fills a buffer handed out by read_buf");
         buffer.commit(n);
         flow.bytes += n as u64;
         self.last_activity = ctx.now;
@@ -225,20 +202,14 @@ impl TcpConn {
         if side == Side::Upstream && !self.is_streaming() {
             return &[];
         }
-        self.flows[side.other().index()]
-            .buffer
-            .as_ref()
-            .map_or(&[], RingBuffer::data)
+        self.flows[side.other().index()].buffer.as_ref().map_or(&[], RingBuffer::data)
     }
 
     /// The driver wrote `n` bytes of `write_buf(side)` to `side`.
     pub fn on_written(&mut self, ctx: &mut Ctx<'_>, id: ConnId, side: Side, n: usize) -> Outcome {
         let source = side.other();
         let flow = &mut self.flows[source.index()];
-        let buffer = flow
-            .buffer
-            .as_mut()
-            .expect("a write drains a buffer handed out by write_buf");
+        let buffer = flow.buffer.as_mut().expect("a write drains a buffer handed out by write_buf");
         buffer.consume(n);
         self.last_activity = ctx.now;
         if buffer.is_empty() {
@@ -257,10 +228,7 @@ impl TcpConn {
         let destination_ready = destination == Side::Client || self.phase == Phase::Streaming;
         if flow.eof && !flow.shutdown_sent && flow.pending() == 0 && destination_ready {
             flow.shutdown_sent = true;
-            ctx.actions.push_back(Action::Shutdown {
-                conn: id,
-                side: destination,
-            });
+            ctx.actions.push_back(Action::Shutdown { conn: id, side: destination });
         }
         if self.flows.iter().all(|f| f.shutdown_sent) {
             return self.close(ctx, id, CloseReason::Finished);
@@ -307,10 +275,7 @@ impl TcpConn {
             self.flows[0].bytes,
             self.flows[1].bytes
         );
-        ctx.actions.push_back(Action::Close {
-            conn: id,
-            reset: reason.resets(),
-        });
+        ctx.actions.push_back(Action::Close { conn: id, reset: reason.resets() });
         Outcome::Closed
     }
 
