@@ -67,6 +67,12 @@ pub struct StraitConfig {
     pub data_dir: String,
     /// `strait.buffer_size`: bytes per direction per connection while data is in flight.
     pub buffer_size: usize,
+    /// `strait.udp.idle_timeout`: a UDP session's idle timeout when its upstream sets no `timeout`.
+    pub udp_idle_timeout: Duration,
+    /// `strait.udp.sessions_max`: UDP sessions per worker (each holds a socket).
+    pub udp_sessions_max: usize,
+    /// `strait.udp.proxy_responses`: replies after which a UDP session ends (0 = unlimited).
+    pub udp_proxy_responses: u32,
 }
 
 /// A config.yaml error: which key, and what is wrong with it.
@@ -182,6 +188,34 @@ impl StraitConfig {
                 ))
             }
         };
+        let udp_idle_timeout = match lookup(&root, "strait.udp.idle_timeout") {
+            None | Some(Value::Null) => Duration::from_secs(600),
+            Some(v) => parse_duration(v).map_err(|m| error("strait.udp.idle_timeout", m))?,
+        };
+        if udp_idle_timeout.is_zero() {
+            return Err(error("strait.udp.idle_timeout", "must be greater than 0"));
+        }
+        let udp_sessions_max = match lookup(&root, "strait.udp.sessions_max") {
+            None | Some(Value::Null) => 16_384,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| (1..=1_000_000).contains(&n)) => {
+                n.as_u64().expect("checked") as usize
+            }
+            Some(other) => {
+                return Err(error(
+                    "strait.udp.sessions_max",
+                    format!("must be a number from 1 to 1000000, got {}", show(other)),
+                ))
+            }
+        };
+        let udp_proxy_responses = match lookup(&root, "strait.udp.proxy_responses") {
+            None | Some(Value::Null) => 0,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)) => {
+                n.as_u64().expect("checked") as u32
+            }
+            Some(other) => {
+                return Err(error("strait.udp.proxy_responses", format!("must be a number ≥ 0, got {}", show(other))))
+            }
+        };
         Ok(StraitConfig {
             proxy_mode,
             tcp,
@@ -192,6 +226,9 @@ impl StraitConfig {
             worker_shutdown_timeout,
             data_dir,
             buffer_size,
+            udp_idle_timeout,
+            udp_sessions_max,
+            udp_proxy_responses,
         })
     }
 
