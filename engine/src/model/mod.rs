@@ -8,8 +8,12 @@
 pub mod ip;
 pub mod json;
 pub mod route;
+pub mod service;
+pub mod ssl;
 pub mod upstream;
 
 pub use ip::IpMatch;
 pub use route::StreamRoute;
+pub use service::Service;
+pub use ssl::{Ssl, SslType};
 pub use upstream::{BalancerType, Node, Upstream, UpstreamTimeout};
