@@ -346,8 +346,7 @@ fn parse_duration(value: &Value) -> Result<Duration, String> {
         Value::Number(n) => {
             return n
                 .as_f64()
-                .filter(|s| *s >= 0.0)
-                .map(Duration::from_secs_f64)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
                 .ok_or_else(|| format!("invalid duration {n}"))
         }
         Value::String(s) => s.trim(),
@@ -363,7 +362,8 @@ fn parse_duration(value: &Value) -> Result<Duration, String> {
         "h" => number * 3600.0,
         _ => return Err(format!("invalid duration {text} (units: ms, s, m, h)")),
     };
-    Ok(Duration::from_secs_f64(seconds))
+    // try_: from_secs_f64 panics on a number too large for a Duration.
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("invalid duration {text} (too large)"))
 }
 
 fn lookup<'a>(root: &'a Value, dotted: &str) -> Option<&'a Value> {

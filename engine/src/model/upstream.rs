@@ -159,8 +159,10 @@ impl Upstream {
             return Err("missing key".into());
         }
         let retries = json::integer_field(object, "retries", 0, i64::from(u32::MAX))?.map(|r| r as u32);
-        let retry_timeout =
-            json::number_at_least(object, "retry_timeout", 0.0)?.map(Duration::from_secs_f64).unwrap_or_default();
+        let retry_timeout = match json::number_at_least(object, "retry_timeout", 0.0)? {
+            Some(seconds) => seconds_to_duration(seconds).map_err(|e| in_property("retry_timeout", e))?,
+            None => Duration::ZERO,
+        };
         let timeout = match object.get("timeout") {
             None => None,
             Some(value) => Some(parse_timeout(value).map_err(|e| in_property("timeout", e))?),
@@ -198,8 +200,25 @@ fn parse_timeout(value: &Value) -> Result<UpstreamTimeout, String> {
     for (slot, name) in seconds.iter_mut().zip(["connect", "send", "read"]) {
         *slot = json::number_above(object, name, 0.0)?.ok_or_else(|| format!("property \"{name}\" is required"))?;
     }
-    let [connect, send, read] = seconds.map(Duration::from_secs_f64);
-    Ok(UpstreamTimeout { connect, send, read })
+    let [connect, send, read] = seconds;
+    // A positive timeout must stay positive: 1e-10 s would round to a zero
+    // Duration, and a zero connect or idle timeout ends every connection at once.
+    let duration = |name: &str, s: f64| match seconds_to_duration(s) {
+        Ok(d) if d.is_zero() => Err(in_property(name, format!("expected {s} to be at least 1e-9 (one nanosecond)"))),
+        other => other.map_err(|e| in_property(name, e)),
+    };
+    Ok(UpstreamTimeout {
+        connect: duration("connect", connect)?,
+        send: duration("send", send)?,
+        read: duration("read", read)?,
+    })
+}
+
+/// Seconds from JSON as a `Duration`. `Duration::from_secs_f64` panics past
+/// its range (about 1.8e19 s), and the number comes from an operator.
+fn seconds_to_duration(seconds: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("expected {seconds} to be at most {} (seconds)", u64::MAX))
 }
 
 /// Nodes in either APISIX form: `{"host:port": weight}` or `[{host, port, weight, priority}]`.
