@@ -175,7 +175,7 @@ fn edit(lines: &mut Vec<String>, keys: &[(usize, String)]) -> Option<()> {
     }
     // Edit from the last item up so earlier line numbers stay valid.
     let mut sorted: Vec<&(usize, String)> = keys.iter().collect();
-    sorted.sort_by(|a, b| b.0.cmp(&a.0));
+    sorted.sort_by_key(|k| std::cmp::Reverse(k.0));
     for (index, key) in sorted {
         let (start, end) = *items.get(*index)?;
         set_item_key(lines, start, end, key)?;
@@ -284,7 +284,7 @@ fn sequence_items(lines: &[String], key_line: usize) -> Vec<(usize, usize)> {
             continue;
         }
         let is_dash = line.trim_start() == "-" || line.trim_start().starts_with("- ");
-        if is_dash && dash_indent.map_or(true, |d| d == indent(line)) {
+        if is_dash && dash_indent.is_none_or(|d| d == indent(line)) {
             dash_indent = Some(indent(line));
             starts.push(i);
         }
@@ -306,21 +306,22 @@ fn set_item_key(lines: &mut Vec<String>, start: usize, end: usize, key: &str) ->
         return Some(());
     }
     // The `key:` line may be the dash line itself (`- key: ''`) or a child.
-    for i in start..end {
+    let found = (start..end).find_map(|i| {
         let line = &lines[i];
         let body_col = if i == start { content_col } else { indent(line) };
         if !is_content(line) || line.len() < body_col {
-            continue;
+            return None;
         }
-        let Some(rest) = line[body_col..].strip_prefix("key:") else {
-            continue;
-        };
+        let rest = line[body_col..].strip_prefix("key:")?;
         if !(rest.is_empty() || rest.starts_with(' ')) {
-            continue;
+            return None;
         }
         let comment = &rest[strip_comment(rest).len()..];
         let comment = if comment.is_empty() { String::new() } else { format!("  {comment}") };
-        lines[i] = format!("{}key: {key}{comment}", &line[..body_col]);
+        Some((i, format!("{}key: {key}{comment}", &line[..body_col])))
+    });
+    if let Some((i, line)) = found {
+        lines[i] = line;
         return Some(());
     }
     // No `key:` at all: add one beside the entry's other fields.

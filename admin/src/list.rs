@@ -72,10 +72,10 @@ impl Filters {
 
     fn keep(&self, value: &Value) -> bool {
         let fields_ok = self.fields.iter().all(|(k, v)| value.get(k).and_then(Value::as_str) == Some(v.as_str()));
-        let name_ok = self.name.as_ref().map_or(true, |wanted| {
+        let name_ok = self.name.as_ref().is_none_or(|wanted| {
             value.get("name").and_then(Value::as_str).is_some_and(|name| name.contains(wanted.as_str()))
         });
-        let label_ok = self.label.as_ref().map_or(true, |wanted| {
+        let label_ok = self.label.as_ref().is_none_or(|wanted| {
             value.get("labels").and_then(Value::as_object).is_some_and(|labels| labels.contains_key(wanted))
         });
         fields_ok && name_ok && label_ok
