@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 const FILE_NAME: &str = "store.json";
 const TEMP_NAME: &str = "store.json.tmp";
+const LOCK_NAME: &str = "store.lock";
 const MAGIC: &str = "STRAIT-STORE";
 const FORMAT_VERSION: u32 = 1;
 
@@ -75,18 +76,27 @@ impl std::error::Error for StoreError {}
 pub struct FileStore {
     dir: PathBuf,
     state: State,
+    /// Held (flock) for the store's lifetime: two processes writing one
+    /// folder would each overwrite the other's writes.
+    _lock: File,
 }
 
 impl FileStore {
     /// Opens (creating if missing) the embedded store in `dir`. A torn/corrupt
     /// file is an error naming the file, never silently dropped.
     pub fn open(dir: &Path) -> Result<FileStore, StoreError> {
-        fs::create_dir_all(dir).map_err(|error| StoreError::Io { path: dir.to_path_buf(), error })?;
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        // A folder created just now must itself be durable, or a power loss
+        // could take it, and every write in it, away.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent).and_then(|d| d.sync_all()).map_err(io_error(parent))?;
+        }
+        let lock = lock(dir)?;
         // A temp file is only ever a write that did not reach its rename: the
         // committed state is the real file, so the leftover is dropped.
         let temp = dir.join(TEMP_NAME);
         if temp.exists() {
-            fs::remove_file(&temp).map_err(|error| StoreError::Io { path: temp, error })?;
+            fs::remove_file(&temp).map_err(io_error(&temp))?;
         }
         let path = dir.join(FILE_NAME);
         let state = match fs::read(&path) {
@@ -94,7 +104,7 @@ impl FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(error) => return Err(StoreError::Io { path, error }),
         };
-        Ok(FileStore { dir: dir.to_path_buf(), state })
+        Ok(FileStore { dir: dir.to_path_buf(), state, _lock: lock })
     }
 
     /// The file holding the committed state.
@@ -131,12 +141,17 @@ impl FileStore {
     /// client already used with PUT. Nothing is persisted until the `put`
     /// that uses it commits, which also persists the counter.
     pub fn next_generated_id(&self, kind: &str) -> String {
+        self.next_generated(kind).1
+    }
+
+    fn next_generated(&self, kind: &str) -> (u64, String) {
         let mut n = self.state.gen_id;
         loop {
-            n += 1;
+            // Only POSTs move the counter, one step each: 2^64 of them is out of reach.
+            n = n.checked_add(1).expect("fewer than 2^64 POSTs");
             let id = format!("{n:020}");
             if self.get(kind, &id).is_none() {
-                return id;
+                return (n, id);
             }
         }
     }
@@ -146,8 +161,10 @@ impl FileStore {
     pub fn put(&mut self, kind: &str, id: &str, value: Value) -> Result<Entry, StoreError> {
         let previous_state = (self.state.revision, self.state.gen_id);
         let revision = self.state.revision + 1;
-        if let Some(n) = id.parse::<u64>().ok().filter(|_| id.len() == 20) {
-            self.state.gen_id = self.state.gen_id.max(n);
+        // Writing the id POST would hand out next is what moves the counter.
+        let (n, generated) = self.next_generated(kind);
+        if generated == id {
+            self.state.gen_id = n;
         }
         let objects = self.state.types.entry(kind.to_string()).or_default();
         let created_index = objects.get(id).map_or(revision, |e| e.created_index);
@@ -157,9 +174,16 @@ impl FileStore {
         if let Err(e) = self.persist() {
             let objects = self.state.types.get_mut(kind).expect("inserted above");
             match previous {
-                Some(old) => objects.insert(id.to_string(), old),
-                None => objects.remove(id),
-            };
+                Some(old) => {
+                    objects.insert(id.to_string(), old);
+                }
+                None => {
+                    objects.remove(id);
+                    if objects.is_empty() {
+                        self.state.types.remove(kind);
+                    }
+                }
+            }
             (self.state.revision, self.state.gen_id) = previous_state;
             return Err(e);
         }
@@ -187,18 +211,14 @@ impl FileStore {
     fn persist(&self) -> Result<(), StoreError> {
         let bytes = encode(&self.state);
         let temp = self.dir.join(TEMP_NAME);
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |error| StoreError::Io { path, error }
-        };
-        let mut file = File::create(&temp).map_err(io(&temp))?;
-        file.write_all(&bytes).map_err(io(&temp))?;
-        file.sync_all().map_err(io(&temp))?;
+        let mut file = File::create(&temp).map_err(io_error(&temp))?;
+        file.write_all(&bytes).map_err(io_error(&temp))?;
+        file.sync_all().map_err(io_error(&temp))?;
         drop(file);
         let path = self.path();
-        fs::rename(&temp, &path).map_err(io(&path))?;
+        fs::rename(&temp, &path).map_err(io_error(&path))?;
         // The rename is only durable once the folder's entry is on disk.
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_error(&self.dir))?;
         Ok(())
     }
 
@@ -206,6 +226,30 @@ impl FileStore {
     pub(crate) fn revision(&self) -> u64 {
         self.state.revision
     }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |error| StoreError::Io { path, error }
+}
+
+/// Takes `store.lock` exclusively (flock, released when the file closes).
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_NAME);
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_error(&path))?;
+    // SAFETY: flock on a descriptor owned by `file`, which outlives the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        let error = if error.kind() == std::io::ErrorKind::WouldBlock {
+            std::io::Error::other("the store is in use by another Strait process (or another FileStore in this one)")
+        } else {
+            error
+        };
+        return Err(StoreError::Io { path, error });
+    }
+    Ok(file)
 }
 
 fn encode(state: &State) -> Vec<u8> {
@@ -298,8 +342,10 @@ mod tests {
         let id = store.next_generated_id("upstreams");
         store.put("upstreams", &id, json!({"nodes": {}})).unwrap();
 
+        let state = store.state.clone();
+        drop(store);
         let reopened = FileStore::open(dir.path()).unwrap();
-        assert_eq!(reopened.state, store.state);
+        assert_eq!(reopened.state, state);
         let resources = reopened.resources();
         assert_eq!(resources.upstreams.len(), 2);
         assert_eq!(resources.stream_routes[0].0, "r");
@@ -313,6 +359,7 @@ mod tests {
         let mut store = FileStore::open(dir.path()).unwrap();
         store.put("upstreams", "1", json!({"nodes": {"a:1": 1}})).unwrap();
         let path = store.path();
+        drop(store);
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 3;
         bytes[last] ^= 0x01;
@@ -329,6 +376,7 @@ mod tests {
         let mut store = FileStore::open(dir.path()).unwrap();
         store.put("upstreams", "1", json!({"nodes": {"a:1": 1}})).unwrap();
         let path = store.path();
+        drop(store);
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         let err = FileStore::open(dir.path()).err().unwrap().to_string();
@@ -340,10 +388,21 @@ mod tests {
         let dir = TempDir::new("store-temp");
         let mut store = FileStore::open(dir.path()).unwrap();
         store.put("upstreams", "1", json!({"nodes": {}})).unwrap();
+        drop(store);
         fs::write(dir.path().join(TEMP_NAME), b"half a wri").unwrap();
         let reopened = FileStore::open(dir.path()).unwrap();
         assert_eq!(reopened.count("upstreams"), 1);
         assert!(!dir.path().join(TEMP_NAME).exists());
+    }
+
+    #[test]
+    fn a_store_in_use_is_not_opened_twice() {
+        let dir = TempDir::new("store-lock");
+        let store = FileStore::open(dir.path()).unwrap();
+        let err = FileStore::open(dir.path()).err().expect("the folder is locked").to_string();
+        assert!(err.contains("in use by another Strait process"), "{err}");
+        drop(store);
+        assert!(FileStore::open(dir.path()).is_ok(), "the lock goes with the store");
     }
 
     #[test]

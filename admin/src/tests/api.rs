@@ -63,7 +63,7 @@ fn post_generates_twenty_digit_ids() {
     assert_eq!(first["value"]["id"], "00000000000000000001");
     assert_eq!(second["key"], "/apisix/upstreams/00000000000000000002");
     // The counter lives in the store: a restart does not reuse ids.
-    let store = FileStore::open(h.dir.path()).unwrap();
+    let (_dir, store) = h.reopen();
     assert_eq!(store.next_generated_id("upstreams"), "00000000000000000003");
 }
 
@@ -327,7 +327,8 @@ fn published_resources_hold_everything_but_ssls() {
     assert_eq!(last.upstreams.len(), 1);
     assert_eq!(last.services.len(), 1);
     assert_eq!(last.stream_routes[0].1["service_id"], "1");
-    let reopened = FileStore::open(h.dir.path()).unwrap().resources();
+    let (_dir, store) = h.reopen();
+    let reopened = store.resources();
     assert_eq!(reopened.stream_routes, last.stream_routes);
 }
 

@@ -82,6 +82,14 @@ impl Harness {
         self.admin.handle(&Request { method, path, query, headers: &headers, peer, body })
     }
 
+    /// Closes the handler's store and opens the folder again, as a restart would.
+    pub fn reopen(self) -> (TempDir, FileStore) {
+        let Harness { admin, dir, .. } = self;
+        drop(admin);
+        let store = FileStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
     pub fn publications(&self) -> usize {
         self.published.lock().unwrap().len()
     }
