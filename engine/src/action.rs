@@ -22,6 +22,18 @@ pub enum Action {
     UdpConnect { session: SessionId, addr: SocketAddr },
     /// The session ended: close its upstream socket. The id is stale from now on.
     UdpClose { session: SessionId },
+    /// Active health check: open a TCP connection to `addr` and report with
+    /// `handle_probe_result` (connected = healthy), then close it.
+    Probe { probe: ProbeId, addr: SocketAddr },
+    /// The probe timed out or its target went away: close its socket, report nothing.
+    ProbeCancel { probe: ProbeId },
+}
+
+/// An active health probe handle; the generation changes with every probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProbeId {
+    pub index: u32,
+    pub generation: u32,
 }
 
 /// Why an upstream connect failed, as the driver saw it.

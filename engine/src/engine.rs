@@ -2,10 +2,12 @@
 //! balancer state and the current config snapshot. See the crate docs for the
 //! call order.
 
-use crate::action::{Action, CloseReason, ConnectError, DatagramDrop, Refusal, ReplyTo};
-use crate::balancer::Balancers;
+use crate::action::{Action, CloseReason, ConnectError, DatagramDrop, ProbeId, Refusal, ReplyTo};
+use crate::balancer::{Balancers, KeySource};
 use crate::buffer::BufferPool;
 use crate::config::{ListenSpec, Protocol};
+use crate::health::prober::Prober;
+use crate::health::HealthEvent;
 use crate::ids::{ConnId, ListenerId, SessionId, Side};
 use crate::rng::Rng;
 use crate::router::MatchInput;
@@ -37,6 +39,8 @@ pub struct EngineConfig {
     /// Replies after which a UDP session ends (nginx's `proxy_responses`; 1 suits
     /// DNS); 0 = unlimited. An upstream's `proxy_responses` overrides it.
     pub udp_proxy_responses: u32,
+    /// Run active health probes from this engine (one worker per process does).
+    pub run_active_checks: bool,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +53,7 @@ impl Default for EngineConfig {
             udp_sessions_max: 16_384,
             udp_idle_timeout: Duration::from_secs(600),
             udp_proxy_responses: 0,
+            run_active_checks: true,
         }
     }
 }
@@ -72,6 +77,7 @@ pub struct EngineStats {
 enum TimerOwner {
     Tcp(u32),
     Udp(u32),
+    Probe(u32),
 }
 
 pub struct Engine {
@@ -88,10 +94,12 @@ pub struct Engine {
     conn_armed: Vec<Option<Time>>,
     /// The deadline each session slot is filed under in `timers`.
     session_armed: Vec<Option<Time>>,
+    prober: Prober,
+    /// The deadline each probe target is filed under in `timers`.
+    probe_armed: Vec<Option<Time>>,
     actions: VecDeque<Action>,
     pool: BufferPool,
     balancers: Balancers,
-    #[allow(dead_code)] // reserved for randomized balancers (ewma's two choices)
     rng: Rng,
     accepting: bool,
     stats: EngineStats,
@@ -100,7 +108,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(listeners: Vec<ListenSpec>, snapshot: Arc<Snapshot>, config: EngineConfig) -> Engine {
         let pool = BufferPool::new(config.buffer_bytes, config.spare_buffers_max);
-        Engine {
+        let mut engine = Engine {
             listeners,
             snapshot,
             rng: Rng::new(config.seed),
@@ -111,12 +119,17 @@ impl Engine {
             timers: BTreeSet::new(),
             conn_armed: Vec::new(),
             session_armed: Vec::new(),
+            prober: Prober::default(),
+            probe_armed: Vec::new(),
             actions: VecDeque::new(),
             pool,
             balancers: Balancers::default(),
             accepting: true,
             stats: EngineStats::default(),
-        }
+        };
+        // Targets of the first config are probed at the first `handle_timeout`.
+        engine.sync_probes(Time::ZERO);
+        engine
     }
 
     // ---- TCP ---------------------------------------------------------------
@@ -175,7 +188,13 @@ impl Engine {
             self.conn_armed.resize(index + 1, None);
         }
         let id = ConnId { index: index as u32, generation: self.generations[index] };
-        let mut ctx = Ctx { now, pool: &mut self.pool, actions: &mut self.actions, balancers: &mut self.balancers };
+        let mut ctx = Ctx {
+            now,
+            pool: &mut self.pool,
+            actions: &mut self.actions,
+            balancers: &mut self.balancers,
+            rng: &mut self.rng,
+        };
         match TcpConn::start(&mut ctx, id, listener, local, peer, route_id, upstream) {
             Ok(conn) => {
                 entry.insert(conn);
@@ -287,10 +306,11 @@ impl Engine {
             return Err(DatagramDrop::TooManySessions);
         }
         let (route_id, upstream) = self.route(local, peer)?;
-        let node = self.balancers.pick(&upstream, &[]).ok_or_else(|| {
+        let pick = self.balancers.pick(&upstream, &[], KeySource { local, peer }, &mut self.rng).ok_or_else(|| {
             log::error!("stream route [{route_id}]: no valid upstream node");
             DatagramDrop::NoUpstream
         })?;
+        let node = pick.node;
         let idle_timeout = match upstream.config.timeout {
             Some(_) => upstream.config.idle_timeout(),
             None => self.config.udp_idle_timeout,
@@ -349,6 +369,9 @@ impl Engine {
                 entry.peer,
                 entry.upstream.addrs[entry.node]
             );
+            if let (Some(node), Some(checks)) = (entry.upstream.health.get(entry.node), &entry.upstream.config.checks) {
+                node.report(HealthEvent::TcpFailure, checks.passive_thresholds());
+            }
             self.close_session(index);
         }
         self.check_invariants();
@@ -396,6 +419,12 @@ impl Engine {
                     let id = ConnId { index: index as u32, generation: self.generations[index] };
                     self.with_conn(now, id, |c, ctx| c.on_deadline(ctx, id));
                 }
+                TimerOwner::Probe(index) => {
+                    let index = index as usize;
+                    self.probe_armed[index] = None;
+                    self.prober.on_deadline(index, now, &mut self.actions);
+                    self.rearm_probe(index);
+                }
                 TimerOwner::Udp(index) => {
                     let index = index as usize;
                     self.session_armed[index] = None;
@@ -412,10 +441,48 @@ impl Engine {
 
     /// A new config: new connections and sessions use it; established ones keep
     /// the route and upstream they started with.
-    pub fn handle_snapshot(&mut self, _now: Time, snapshot: Arc<Snapshot>) {
+    pub fn handle_snapshot(&mut self, now: Time, snapshot: Arc<Snapshot>) {
         self.balancers.retain_keys(snapshot.upstream_keys());
         self.snapshot = snapshot;
+        self.sync_probes(now);
         self.check_invariants();
+    }
+
+    /// An active probe asked for by `Action::Probe` finished: `Ok` = the node
+    /// accepted the connection. Stale probes (timed out, target gone) are ignored.
+    pub fn handle_probe_result(&mut self, now: Time, probe: ProbeId, result: Result<(), ConnectError>) {
+        if let Some(index) = self.prober.on_result(probe, now, result.is_ok()) {
+            self.rearm_probe(index);
+        }
+        self.check_invariants();
+    }
+
+    /// Probe targets follow the config's upstreams that have `checks`.
+    fn sync_probes(&mut self, now: Time) {
+        if !self.config.run_active_checks {
+            return;
+        }
+        let (added, removed) = self.prober.sync(now, self.snapshot.upstreams(), &mut self.actions);
+        for index in removed {
+            if let Some(armed) = self.probe_armed[index].take() {
+                self.timers.remove(&(armed, TimerOwner::Probe(index as u32)));
+            }
+        }
+        for index in added {
+            if index >= self.probe_armed.len() {
+                self.probe_armed.resize(index + 1, None);
+            }
+            self.rearm_probe(index);
+        }
+    }
+
+    fn rearm_probe(&mut self, index: usize) {
+        let deadline = self.prober.targets[index].deadline();
+        // A probe's deadline may move later (probe started, result in): re-file exactly.
+        if let Some(armed) = self.probe_armed[index].take() {
+            self.timers.remove(&(armed, TimerOwner::Probe(index as u32)));
+        }
+        rearm(&mut self.timers, &mut self.probe_armed[index], deadline, TimerOwner::Probe(index as u32));
     }
 
     /// Stop taking new connections and sessions; established ones run on.
@@ -438,6 +505,13 @@ impl Engine {
         for index in sessions {
             self.close_session(index);
         }
+        let probes: Vec<usize> = self.prober.targets.iter().map(|(index, _)| index).collect();
+        for index in probes {
+            if let Some(armed) = self.probe_armed[index].take() {
+                self.timers.remove(&(armed, TimerOwner::Probe(index as u32)));
+            }
+        }
+        self.prober = Prober::default();
         self.check_invariants();
     }
 
@@ -512,7 +586,13 @@ impl Engine {
     /// re-files its deadline. Events for stale ids are ignored.
     fn with_conn(&mut self, now: Time, conn: ConnId, f: impl FnOnce(&mut TcpConn, &mut Ctx<'_>) -> Outcome) {
         let Some(index) = self.live_conn(conn) else { return };
-        let mut ctx = Ctx { now, pool: &mut self.pool, actions: &mut self.actions, balancers: &mut self.balancers };
+        let mut ctx = Ctx {
+            now,
+            pool: &mut self.pool,
+            actions: &mut self.actions,
+            balancers: &mut self.balancers,
+            rng: &mut self.rng,
+        };
         match f(&mut self.conns[index], &mut ctx) {
             Outcome::Open => self.rearm_conn(index),
             Outcome::Closed => self.free_conn(index),
@@ -547,8 +627,8 @@ impl Engine {
         }
         assert_eq!(
             self.timers.len(),
-            self.conns.len() + self.sessions.len(),
-            "every live connection and session has exactly one timer, closed ones none"
+            self.conns.len() + self.sessions.len() + self.prober.targets.len(),
+            "every live connection, session and probe target has exactly one timer, closed ones none"
         );
         for (index, conn) in &self.conns {
             assert!(

@@ -30,6 +30,7 @@ pub mod balancer;
 pub mod buffer;
 pub mod config;
 mod engine;
+pub mod health;
 pub mod ids;
 pub mod model;
 pub mod rng;
@@ -39,8 +40,8 @@ mod tcp;
 pub mod time;
 mod udp;
 
-pub use action::{Action, CloseReason, ConnectError, DatagramDrop, Refusal, ReplyTo};
+pub use action::{Action, CloseReason, ConnectError, DatagramDrop, ProbeId, Refusal, ReplyTo};
 pub use engine::{Engine, EngineConfig, EngineStats};
 pub use ids::{ConnId, ListenerId, SessionId, Side};
-pub use snapshot::{Resources, Snapshot};
+pub use snapshot::{Resources, SharedState, Snapshot};
 pub use time::Time;

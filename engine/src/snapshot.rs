@@ -2,11 +2,14 @@
 //! upstream, immutable and shared by all workers (`Arc<Snapshot>`). Building
 //! one is the only place where config objects turn into engine state.
 
-use crate::model::{StreamRoute, Upstream};
+use crate::balancer::{HashRing, LoadBoard};
+use crate::health::{HealthBoard, NodeHealth};
+use crate::model::{BalancerType, StreamRoute, Upstream};
 use crate::router::{MatchInput, Router};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 /// The raw objects of one config version, as stored (JSON, ids as key suffixes).
@@ -17,18 +20,41 @@ pub struct Resources {
     pub services: Vec<(String, Value)>,
 }
 
-/// An upstream with its nodes' addresses resolved.
-#[derive(Debug, PartialEq)]
+/// An upstream with its nodes' addresses resolved and its shared state attached.
+#[derive(Debug)]
 pub struct ResolvedUpstream {
     /// The key its balancer state is kept under: `/apisix/upstreams/<id>` or,
     /// for an inline upstream, `/apisix/stream_routes/<id>`.
     pub key: String,
     pub config: Upstream,
-    /// One address per node of `config.nodes` that resolved; `weights` and
-    /// `priorities` are parallel to it.
+    /// One address per node of `config.nodes` that resolved; the vectors below
+    /// are parallel to it.
     pub addrs: Vec<SocketAddr>,
     pub weights: Vec<u32>,
     pub priorities: Vec<i32>,
+    /// `host:port` as configured (the chash node id, and what logs show).
+    pub names: Vec<String>,
+    /// Per node, when `config.checks` is set (else empty): shared with every
+    /// upstream that has the same node and settings, and with every worker.
+    pub health: Vec<Arc<NodeHealth>>,
+    /// Per node, for least_conn (else empty): connections in flight, process-wide.
+    pub in_flight: Vec<Arc<AtomicU32>>,
+    /// For chash: the APISIX-compatible ring.
+    pub ring: Option<HashRing>,
+}
+
+impl PartialEq for ResolvedUpstream {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.config == other.config && self.addrs == other.addrs
+    }
+}
+
+/// State shared by every worker's engine and every snapshot of a process:
+/// node health and least_conn counts.
+#[derive(Clone, Default)]
+pub struct SharedState {
+    pub health: HealthBoard,
+    pub load: LoadBoard,
 }
 
 /// Where a matched route sends its connections.
@@ -46,6 +72,8 @@ pub struct Snapshot {
     targets: Vec<RouteTarget>,
     router: Router,
     upstream_keys: Vec<String>,
+    /// Every upstream of this config: `/upstreams` objects and inline ones.
+    upstreams: Vec<Arc<ResolvedUpstream>>,
 }
 
 /// Turns a node host into addresses. The engine does no I/O, so name
@@ -60,22 +88,33 @@ impl Snapshot {
             targets: Vec::new(),
             router: Router::new(&[]),
             upstream_keys: Vec::new(),
+            upstreams: Vec::new(),
         }
+    }
+
+    /// Builds a snapshot with fresh shared state (tests, tools). A running
+    /// process uses `build_with` so health and counts carry over.
+    pub fn build(version: u64, resources: &Resources, resolve: Resolver<'_>) -> (Snapshot, Vec<String>) {
+        Snapshot::build_with(version, resources, resolve, &SharedState::default())
     }
 
     /// Builds a snapshot. Invalid objects are skipped and reported in the
     /// returned warnings (the Admin API validates before storing, so this only
     /// happens with hand-edited or foreign data).
-    pub fn build(version: u64, resources: &Resources, resolve: Resolver<'_>) -> (Snapshot, Vec<String>) {
-        let mut warnings = Vec::new();
+    pub fn build_with(
+        version: u64,
+        resources: &Resources,
+        resolve: Resolver<'_>,
+        shared: &SharedState,
+    ) -> (Snapshot, Vec<String>) {
+        let mut builder = Builder { resolve, shared, warnings: Vec::new(), all: Vec::new() };
         let mut upstreams: HashMap<&str, Arc<ResolvedUpstream>> = HashMap::new();
         for (id, value) in &resources.upstreams {
             match Upstream::from_json(value) {
                 Ok(config) => {
-                    let resolved = resolve_upstream(format!("/apisix/upstreams/{id}"), config, resolve, &mut warnings);
-                    upstreams.insert(id, Arc::new(resolved));
+                    upstreams.insert(id, builder.upstream(format!("/apisix/upstreams/{id}"), config));
                 }
-                Err(e) => warnings.push(format!("skipped invalid upstream [{id}]: {e}")),
+                Err(e) => builder.warnings.push(format!("skipped invalid upstream [{id}]: {e}")),
             }
         }
         let services: HashMap<&str, &Value> = resources.services.iter().map(|(id, v)| (id.as_str(), v)).collect();
@@ -88,11 +127,11 @@ impl Snapshot {
             let route = match StreamRoute::from_json(id, value) {
                 Ok(route) => route,
                 Err(e) => {
-                    warnings.push(format!("skipped invalid stream route [{id}]: {e}"));
+                    builder.warnings.push(format!("skipped invalid stream route [{id}]: {e}"));
                     continue;
                 }
             };
-            targets.push(route_target(&route, &upstreams, &services, resolve, &mut warnings));
+            targets.push(builder.route_target(&route, &upstreams, &services));
             routes.push(route);
         }
         let router = Router::new(&routes);
@@ -105,7 +144,8 @@ impl Snapshot {
             .collect();
         upstream_keys.sort();
         upstream_keys.dedup();
-        (Snapshot { version, routes, targets, router, upstream_keys }, warnings)
+        let Builder { warnings, all, .. } = builder;
+        (Snapshot { version, routes, targets, router, upstream_keys, upstreams: all }, warnings)
     }
 
     pub fn routes(&self) -> &[StreamRoute] {
@@ -118,78 +158,113 @@ impl Snapshot {
         Some((index, &self.routes[index], &self.targets[index]))
     }
 
+    /// The target of the route at `index` (as returned by `find_route`).
+    pub fn target(&self, index: usize) -> &RouteTarget {
+        &self.targets[index]
+    }
+
     /// Keys of the upstreams some route uses (sorted).
     pub fn upstream_keys(&self) -> &[String] {
         &self.upstream_keys
     }
+
+    /// Every upstream of this config, `/upstreams` objects first, then inline ones.
+    pub fn upstreams(&self) -> &[Arc<ResolvedUpstream>] {
+        &self.upstreams
+    }
 }
 
-fn route_target(
-    route: &StreamRoute,
-    upstreams: &HashMap<&str, Arc<ResolvedUpstream>>,
-    services: &HashMap<&str, &Value>,
-    resolve: Resolver<'_>,
-    warnings: &mut Vec<String>,
-) -> RouteTarget {
-    let by_id = |id: &str| match upstreams.get(id) {
-        Some(u) => RouteTarget::Upstream(u.clone()),
-        None => RouteTarget::Unavailable(format!("failed to find upstream by id: {id}")),
-    };
-    // APISIX's precedence (spec §4.2): upstream_id wins; then the route's inline
-    // upstream; then the service's inline upstream, then the service's upstream_id.
-    if let Some(id) = &route.upstream_id {
-        return by_id(id);
-    }
-    if let Some(config) = &route.upstream {
-        let key = format!("/apisix/stream_routes/{}", route.id);
-        return RouteTarget::Upstream(Arc::new(resolve_upstream(key, config.clone(), resolve, warnings)));
-    }
-    if let Some(service_id) = &route.service_id {
-        let Some(service) = services.get(service_id.as_str()) else {
-            return RouteTarget::Unavailable(format!("failed to fetch service configuration by id: {service_id}"));
+struct Builder<'a, 'r> {
+    resolve: Resolver<'r>,
+    shared: &'a SharedState,
+    warnings: Vec<String>,
+    all: Vec<Arc<ResolvedUpstream>>,
+}
+
+impl Builder<'_, '_> {
+    fn route_target(
+        &mut self,
+        route: &StreamRoute,
+        upstreams: &HashMap<&str, Arc<ResolvedUpstream>>,
+        services: &HashMap<&str, &Value>,
+    ) -> RouteTarget {
+        let by_id = |id: &str| match upstreams.get(id) {
+            Some(u) => RouteTarget::Upstream(u.clone()),
+            None => RouteTarget::Unavailable(format!("failed to find upstream by id: {id}")),
         };
-        if let Some(inline) = service.get("upstream") {
-            return match Upstream::from_json(inline) {
-                Ok(config) => {
-                    let key = format!("/apisix/services/{service_id}");
-                    RouteTarget::Upstream(Arc::new(resolve_upstream(key, config, resolve, warnings)))
-                }
-                Err(e) => RouteTarget::Unavailable(format!("invalid upstream in service [{service_id}]: {e}")),
+        // APISIX's precedence (spec §4.2): upstream_id wins; then the route's inline
+        // upstream; then the service's inline upstream, then the service's upstream_id.
+        if let Some(id) = &route.upstream_id {
+            return by_id(id);
+        }
+        if let Some(config) = &route.upstream {
+            return RouteTarget::Upstream(self.upstream(format!("/apisix/stream_routes/{}", route.id), config.clone()));
+        }
+        if let Some(service_id) = &route.service_id {
+            let Some(service) = services.get(service_id.as_str()) else {
+                return RouteTarget::Unavailable(format!("failed to fetch service configuration by id: {service_id}"));
             };
-        }
-        if let Some(id) = service.get("upstream_id").and_then(crate::model::json::id_string) {
-            return by_id(&id);
-        }
-    }
-    RouteTarget::Unavailable("missing upstream configuration in Route or Service".into())
-}
-
-fn resolve_upstream(
-    key: String,
-    config: Upstream,
-    resolve: Resolver<'_>,
-    warnings: &mut Vec<String>,
-) -> ResolvedUpstream {
-    let mut resolved = ResolvedUpstream { key, config, addrs: Vec::new(), weights: Vec::new(), priorities: Vec::new() };
-    for node in &resolved.config.nodes {
-        let ip = match node.bare_host().parse::<IpAddr>() {
-            Ok(ip) => Some(ip),
-            Err(_) => resolve(node.bare_host()).into_iter().next(),
-        };
-        match ip {
-            Some(ip) => {
-                resolved.addrs.push(SocketAddr::new(ip, node.port));
-                resolved.weights.push(node.weight);
-                resolved.priorities.push(node.priority);
+            if let Some(inline) = service.get("upstream") {
+                return match Upstream::from_json(inline) {
+                    Ok(config) => {
+                        RouteTarget::Upstream(self.upstream(format!("/apisix/services/{service_id}"), config))
+                    }
+                    Err(e) => RouteTarget::Unavailable(format!("invalid upstream in service [{service_id}]: {e}")),
+                };
             }
-            None => warnings.push(format!(
-                "{}: failed to resolve node {}; it is left out",
-                resolved.key,
-                node.address_text()
-            )),
+            if let Some(id) = service.get("upstream_id").and_then(crate::model::json::id_string) {
+                return by_id(&id);
+            }
         }
+        RouteTarget::Unavailable("missing upstream configuration in Route or Service".into())
     }
-    resolved
+
+    /// Resolves node hosts and attaches shared state (health, counts, ring).
+    fn upstream(&mut self, key: String, config: Upstream) -> Arc<ResolvedUpstream> {
+        let mut resolved = ResolvedUpstream {
+            key,
+            config,
+            addrs: Vec::new(),
+            weights: Vec::new(),
+            priorities: Vec::new(),
+            names: Vec::new(),
+            health: Vec::new(),
+            in_flight: Vec::new(),
+            ring: None,
+        };
+        for node in &resolved.config.nodes {
+            let ip = match node.bare_host().parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => (self.resolve)(node.bare_host()).into_iter().next(),
+            };
+            match ip {
+                Some(ip) => {
+                    resolved.addrs.push(SocketAddr::new(ip, node.port));
+                    resolved.weights.push(node.weight);
+                    resolved.priorities.push(node.priority);
+                    resolved.names.push(node.address_text());
+                }
+                None => self.warnings.push(format!(
+                    "{}: failed to resolve node {}; it is left out",
+                    resolved.key,
+                    node.address_text()
+                )),
+            }
+        }
+        if let Some(checks) = &resolved.config.checks {
+            resolved.health = resolved.addrs.iter().map(|addr| self.shared.health.node(*addr, checks)).collect();
+        }
+        match resolved.config.balancer {
+            BalancerType::LeastConn => {
+                resolved.in_flight = resolved.addrs.iter().map(|addr| self.shared.load.counter(*addr)).collect();
+            }
+            BalancerType::Chash => resolved.ring = Some(HashRing::new(&resolved.names, &resolved.weights)),
+            BalancerType::RoundRobin | BalancerType::Ewma => {}
+        }
+        let resolved = Arc::new(resolved);
+        self.all.push(resolved.clone());
+        resolved
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 mod clock;
 mod conn_io;
 mod listeners;
+mod probe;
 mod udp;
 mod worker;
 mod workers;

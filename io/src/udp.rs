@@ -51,7 +51,8 @@ impl Worker {
                 }
             };
             let now = self.clock.now();
-            let Ok(session) = self.engine.handle_client_datagram(now, ListenerId(index as u32), local, peer, len) else {
+            let Ok(session) = self.engine.handle_client_datagram(now, ListenerId(index as u32), local, peer, len)
+            else {
                 continue;
             };
             // A new session's UdpConnect is queued: its socket must exist before the send.

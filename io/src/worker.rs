@@ -3,6 +3,7 @@
 use crate::clock::Clock;
 use crate::conn_io::{conn_token, token_conn, ConnIo, SESSION_TOKEN_BASE, WAKER_TOKEN};
 use crate::listeners::BoundListener;
+use crate::probe::{ProbeIo, PROBE_TOKEN_BASE};
 use crate::udp::{SessionIo, DATAGRAM_BYTES_MAX};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::VecDeque;
@@ -37,6 +38,7 @@ pub struct Worker {
     pub(crate) listeners: Vec<Option<BoundListener>>,
     conns: Vec<Option<ConnIo>>,
     pub(crate) sessions: Vec<Option<SessionIo>>,
+    pub(crate) probes: Vec<Option<ProbeIo>>,
     /// The one receive buffer every datagram of this worker passes through.
     pub(crate) datagram: Vec<u8>,
     control: Receiver<Control>,
@@ -67,6 +69,7 @@ impl Worker {
             listeners: listeners.into_iter().map(Some).collect(),
             conns: Vec::new(),
             sessions: Vec::new(),
+            probes: Vec::new(),
             datagram: vec![0; DATAGRAM_BYTES_MAX],
             control,
             again: VecDeque::new(),
@@ -139,7 +142,9 @@ impl Worker {
     }
 
     fn on_ready(&mut self, token: Token) {
-        if token.0 >= SESSION_TOKEN_BASE {
+        if token.0 >= PROBE_TOKEN_BASE {
+            self.on_probe(token.0 - PROBE_TOKEN_BASE);
+        } else if token.0 >= SESSION_TOKEN_BASE {
             self.on_session(token.0 - SESSION_TOKEN_BASE);
         } else if token.0 < self.listeners.len() {
             match self.listeners[token.0] {
@@ -366,6 +371,8 @@ impl Worker {
                 Action::Close { conn, reset } => self.close(conn, reset),
                 Action::UdpConnect { session, addr } => self.udp_connect(session, addr),
                 Action::UdpClose { session } => self.udp_close(session),
+                Action::Probe { probe, addr } => self.probe_start(probe, addr),
+                Action::ProbeCancel { probe } => self.probe_cancel(probe),
             }
         }
     }
@@ -421,7 +428,7 @@ impl Worker {
     }
 }
 
-fn connect_error(e: &io::Error) -> ConnectError {
+pub(crate) fn connect_error(e: &io::Error) -> ConnectError {
     match e.kind() {
         ErrorKind::ConnectionRefused => ConnectError::Refused,
         ErrorKind::TimedOut => ConnectError::TimedOut,

@@ -59,6 +59,8 @@ impl Workers {
             let mut engine_config = config.engine.clone();
             // Each worker draws from its own stream of the process seed.
             engine_config.seed = config.engine.seed.wrapping_add(index as u64);
+            // Health is shared by all workers; probing it once per process is enough.
+            engine_config.run_active_checks = config.engine.run_active_checks && index == 0;
             let engine = Engine::new(config.listeners.clone(), snapshot.clone(), engine_config);
             let name = format!("worker {index}");
             let worker = Worker::new(name.clone(), poll, engine, listeners, receiver).map_err(StartError::Io)?;

@@ -1,16 +1,31 @@
-//! Picking an upstream node for a connection.
+//! Picking an upstream node for a connection or a UDP session.
 //!
-//! Balancer state is per worker and per upstream key. It survives a config
-//! change when the upstream's nodes did not change, so an unrelated admin write
-//! does not reset the rotation.
+//! Order of decisions (spec §4.3.3): nodes already tried in this connection
+//! are out; unhealthy nodes are out unless every remaining node is unhealthy
+//! (then all are used, as APISIX does); of what remains, only the highest
+//! priority group is considered; the upstream's algorithm picks within it.
+//!
+//! Per-worker state (round-robin weights, EWMA averages) is kept per upstream
+//! key and survives a config change when the nodes did not change. least_conn
+//! counts and health are process-wide (see `least_conn.rs`, `crate::health`).
 
+mod chash;
+mod ewma;
+mod least_conn;
 mod roundrobin;
 
+pub use chash::{HashRing, KeySource};
+pub use ewma::Ewma;
+pub use least_conn::{InFlight, LoadBoard};
 pub use roundrobin::SmoothWeighted;
 
+use crate::model::BalancerType;
+use crate::rng::Rng;
 use crate::snapshot::ResolvedUpstream;
+use crate::time::Time;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Default)]
 pub struct Balancers {
@@ -20,20 +35,64 @@ pub struct Balancers {
 struct Entry {
     upstream: Arc<ResolvedUpstream>,
     roundrobin: SmoothWeighted,
+    ewma: Ewma,
+}
+
+/// A chosen node, with its least_conn count held while the connection uses it.
+#[derive(Debug)]
+pub struct Pick {
+    pub node: usize,
+    pub in_flight: Option<InFlight>,
 }
 
 impl Balancers {
-    /// Picks a node of `upstream` not in `tried`, from the highest priority
-    /// group that still has one (spec §4.3.3). `None` when every node was tried.
-    pub fn pick(&mut self, upstream: &Arc<ResolvedUpstream>, tried: &[usize]) -> Option<usize> {
+    /// Picks a node of `upstream` not in `tried`. `None` when no node is left.
+    pub fn pick(
+        &mut self,
+        upstream: &Arc<ResolvedUpstream>,
+        tried: &[usize],
+        key: KeySource,
+        rng: &mut Rng,
+    ) -> Option<Pick> {
         let nodes = upstream.addrs.len();
-        let top_priority = (0..nodes).filter(|i| !tried.contains(i)).map(|i| upstream.priorities[i]).max()?;
-        let entry = self.entry(upstream);
-        entry.roundrobin.pick(&upstream.weights, |i| !tried.contains(&i) && upstream.priorities[i] == top_priority)
+        let untried = |i: &usize| !tried.contains(i);
+        let healthy = |i: &usize| upstream.health.get(*i).is_none_or(|h| h.is_healthy());
+        let any_healthy = (0..nodes).filter(untried).any(|i| healthy(&i));
+        let usable = |i: usize| untried(&i) && (!any_healthy || healthy(&i));
+        let top = (0..nodes).filter(|&i| usable(i)).map(|i| upstream.priorities[i]).max()?;
+        let eligible = |i: usize| usable(i) && upstream.priorities[i] == top;
+
+        let node = match upstream.config.balancer {
+            BalancerType::RoundRobin => self.entry(upstream).roundrobin.pick(&upstream.weights, eligible),
+            BalancerType::Chash => {
+                let ring = upstream.ring.as_ref().expect("a chash upstream has its ring");
+                let text = key.key(upstream.config.hash_on.as_deref(), upstream.config.key.as_deref());
+                ring.find(text.as_bytes(), |i| !eligible(i))
+            }
+            BalancerType::LeastConn => least_conn::pick(&upstream.in_flight, &upstream.weights, eligible),
+            BalancerType::Ewma => self.entry(upstream).ewma.pick(rng, eligible),
+        }?;
+        let in_flight = upstream.in_flight.get(node).map(|counter| InFlight::new(counter.clone()));
+        Some(Pick { node, in_flight })
+    }
+
+    /// A connect to `node` took `connect_time` (feeds EWMA).
+    pub fn observe_connect(
+        &mut self,
+        upstream: &Arc<ResolvedUpstream>,
+        node: usize,
+        now: Time,
+        connect_time: Duration,
+    ) {
+        if upstream.config.balancer == BalancerType::Ewma {
+            self.entry(upstream).ewma.observe(node, now, connect_time);
+        }
     }
 
     fn entry(&mut self, upstream: &Arc<ResolvedUpstream>) -> &mut Entry {
-        let fresh = || Entry { upstream: upstream.clone(), roundrobin: SmoothWeighted::new(upstream.addrs.len()) };
+        let nodes = upstream.addrs.len();
+        let fresh =
+            || Entry { upstream: upstream.clone(), roundrobin: SmoothWeighted::new(nodes), ewma: Ewma::new(nodes) };
         let entry = self.by_key.entry(upstream.key.clone()).or_insert_with(fresh);
         if !Arc::ptr_eq(&entry.upstream, upstream) {
             let same_nodes = entry.upstream.addrs == upstream.addrs && entry.upstream.weights == upstream.weights;

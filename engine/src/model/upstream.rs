@@ -1,7 +1,10 @@
 //! The `upstream` object (spec §3.2): nodes in both APISIX forms, balancer
 //! type, retries and timeouts.
 
+pub mod checks;
+
 use super::json::{self, in_property, wrong_type, Object};
+use checks::HealthChecks;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -69,6 +72,7 @@ pub struct Upstream {
     /// Strait extension (nginx's `proxy_responses`): a UDP session ends after
     /// this many replies; 1 suits DNS. `None` = the config.yaml default.
     pub proxy_responses: Option<u32>,
+    pub checks: Option<HealthChecks>,
 }
 
 /// nginx's stream defaults, which APISIX does not override (spec §1.3).
@@ -176,20 +180,15 @@ impl Upstream {
             }
             Some(_) => return Err(in_property("scheme", "matches none of the enum values".into())),
         };
-        if let Some(checks) = object.get("checks") {
-            let checks = json::as_object(checks).map_err(|e| in_property("checks", e))?;
-            if !checks.contains_key("active") {
-                return Err(in_property(
-                    "checks",
-                    "object matches none of the requireds: [\"active\"] or [\"active\",\"passive\"]".into(),
-                ));
-            }
-        }
+        let checks = match object.get("checks") {
+            Some(value) => Some(HealthChecks::from_json(value).map_err(|e| in_property("checks", e))?),
+            None => None,
+        };
         if let Some(tls) = object.get("tls") {
             json::as_object(tls).map_err(|e| in_property("tls", e))?;
         }
         let proxy_responses = json::integer_field(object, "proxy_responses", 0, i64::from(u32::MAX))?.map(|n| n as u32);
-        Ok(Upstream { nodes, balancer, hash_on, key, retries, retry_timeout, timeout, scheme, proxy_responses })
+        Ok(Upstream { nodes, balancer, hash_on, key, retries, retry_timeout, timeout, scheme, proxy_responses, checks })
     }
 }
 
@@ -217,8 +216,7 @@ fn parse_timeout(value: &Value) -> Result<UpstreamTimeout, String> {
 /// Seconds from JSON as a `Duration`. `Duration::from_secs_f64` panics past
 /// its range (about 1.8e19 s), and the number comes from an operator.
 fn seconds_to_duration(seconds: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(seconds)
-        .map_err(|_| format!("expected {seconds} to be at most {} (seconds)", u64::MAX))
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("expected {seconds} to be at most {} (seconds)", u64::MAX))
 }
 
 /// Nodes in either APISIX form: `{"host:port": weight}` or `[{host, port, weight, priority}]`.

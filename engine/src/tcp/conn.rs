@@ -6,9 +6,11 @@
 //! read from the client and waiting to be written to the upstream.
 
 use crate::action::{Action, CloseReason, ConnectError};
-use crate::balancer::Balancers;
+use crate::balancer::{Balancers, InFlight, KeySource};
 use crate::buffer::{BufferPool, RingBuffer};
+use crate::health::HealthEvent;
 use crate::ids::{ConnId, ListenerId, Side};
+use crate::rng::Rng;
 use crate::snapshot::ResolvedUpstream;
 use crate::time::Time;
 use std::collections::VecDeque;
@@ -21,6 +23,7 @@ pub(crate) struct Ctx<'a> {
     pub pool: &'a mut BufferPool,
     pub actions: &'a mut VecDeque<Action>,
     pub balancers: &'a mut Balancers,
+    pub rng: &'a mut Rng,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +71,10 @@ pub(crate) struct TcpConn {
     pub node: usize,
     pub tried: Vec<usize>,
     pub first_pick: Time,
+    /// When the connect in flight started (for EWMA).
+    pub connect_started: Time,
+    /// This connection counted against its node (least_conn); dropped with it.
+    pub in_flight: Option<InFlight>,
     pub flows: [Flow; 2],
     pub last_activity: Time,
 }
@@ -84,9 +91,10 @@ impl TcpConn {
         route_id: String,
         upstream: Arc<ResolvedUpstream>,
     ) -> Result<TcpConn, CloseReason> {
-        let node = ctx.balancers.pick(&upstream, &[]).ok_or(CloseReason::NoUpstreamNode)?;
+        let key = KeySource { local, peer };
+        let pick = ctx.balancers.pick(&upstream, &[], key, ctx.rng).ok_or(CloseReason::NoUpstreamNode)?;
         let deadline = ctx.now + upstream.config.connect_timeout();
-        ctx.actions.push_back(Action::Connect { conn: id, addr: upstream.addrs[node] });
+        ctx.actions.push_back(Action::Connect { conn: id, addr: upstream.addrs[pick.node] });
         Ok(TcpConn {
             listener,
             local,
@@ -94,9 +102,11 @@ impl TcpConn {
             route_id,
             upstream,
             phase: Phase::Connecting { deadline },
-            node,
-            tried: vec![node],
+            node: pick.node,
+            tried: vec![pick.node],
             first_pick: ctx.now,
+            connect_started: ctx.now,
+            in_flight: pick.in_flight,
             flows: Default::default(),
             last_activity: ctx.now,
         })
@@ -121,6 +131,8 @@ impl TcpConn {
         );
         self.phase = Phase::Streaming;
         self.last_activity = ctx.now;
+        self.report_health(HealthEvent::Success);
+        ctx.balancers.observe_connect(&self.upstream, self.node, ctx.now, ctx.now - self.connect_started);
         // A client FIN that arrived while connecting is passed on once its bytes are.
         self.forward_eof_if_drained(ctx, id, Side::Client)
     }
@@ -136,18 +148,28 @@ impl TcpConn {
             self.tried.len(),
             self.upstream.config.max_tries()
         );
+        self.report_health(if error == ConnectError::TimedOut {
+            HealthEvent::Timeout
+        } else {
+            HealthEvent::TcpFailure
+        });
+        // The failed node no longer carries this connection.
+        self.in_flight = None;
         let config = &self.upstream.config;
         let out_of_time = !config.retry_timeout.is_zero() && ctx.now >= self.first_pick + config.retry_timeout;
         if self.tried.len() >= config.max_tries() || out_of_time {
             return self.close(ctx, id, CloseReason::UpstreamUnreachable);
         }
-        let Some(node) = ctx.balancers.pick(&self.upstream, &self.tried) else {
+        let key = KeySource { local: self.local, peer: self.peer };
+        let Some(pick) = ctx.balancers.pick(&self.upstream, &self.tried, key, ctx.rng) else {
             return self.close(ctx, id, CloseReason::UpstreamUnreachable);
         };
-        self.node = node;
-        self.tried.push(node);
+        self.node = pick.node;
+        self.in_flight = pick.in_flight;
+        self.tried.push(pick.node);
+        self.connect_started = ctx.now;
         self.phase = Phase::Connecting { deadline: ctx.now + config.connect_timeout() };
-        ctx.actions.push_back(Action::Connect { conn: id, addr: self.upstream.addrs[node] });
+        ctx.actions.push_back(Action::Connect { conn: id, addr: self.upstream.addrs[pick.node] });
         Outcome::Open
     }
 
@@ -244,7 +266,11 @@ impl TcpConn {
         }
         let reason = match side {
             Side::Client => CloseReason::ClientReset,
-            Side::Upstream => CloseReason::UpstreamReset,
+            Side::Upstream => {
+                // Only upstream-side failures count against a node (spec §8.16).
+                self.report_health(HealthEvent::TcpFailure);
+                CloseReason::UpstreamReset
+            }
         };
         self.close(ctx, id, reason)
     }
@@ -277,6 +303,13 @@ impl TcpConn {
         );
         ctx.actions.push_back(Action::Close { conn: id, reset: reason.resets() });
         Outcome::Closed
+    }
+
+    /// Passive health: what this connection saw of its node.
+    fn report_health(&self, event: HealthEvent) {
+        if let (Some(node), Some(checks)) = (self.upstream.health.get(self.node), &self.upstream.config.checks) {
+            node.report(event, checks.passive_thresholds());
+        }
     }
 
     fn release_buffer(pool: &mut BufferPool, flow: &mut Flow) {
