@@ -2,6 +2,7 @@
 
 mod api;
 mod auth;
+mod openapi;
 mod props;
 mod socket;
 
