@@ -1,1 +1,162 @@
-fn main() {}
+//! The `strait` binary: reads config.yaml, opens the config store, starts the
+//! workers and the Admin API, and waits for a signal. Glue only: every piece
+//! lives in a crate (engine, io, admin).
+
+mod cli;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use strait_engine::config::{ListenSpec, StraitConfig, WorkerProcesses};
+use strait_engine::{EngineConfig, Resources, SharedState, Snapshot};
+
+fn main() -> ExitCode {
+    let command = match cli::parse(std::env::args().skip(1)) {
+        Ok(command) => command,
+        Err(message) => {
+            eprintln!("strait: {message}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        cli::Command::Help => {
+            print!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        cli::Command::Version => {
+            println!("strait {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        cli::Command::Test { config } => match load_config(&config) {
+            Ok(_) => {
+                println!("strait: the configuration file {} syntax is ok", config.display());
+                println!("strait: configuration file {} test is successful", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("strait: {message}");
+                eprintln!("strait: configuration file {} test failed", config.display());
+                ExitCode::FAILURE
+            }
+        },
+        cli::Command::Run { config } => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+            match run(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("strait: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load_config(path: &Path) -> Result<StraitConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    StraitConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn run(config_path: &Path) -> Result<(), String> {
+    let mut config = load_config(config_path)?;
+    strait_admin::ensure_admin_key(config_path, &mut config);
+
+    let data_dir = resolve_beside(config_path, &config.data_dir);
+    let store = strait_admin::FileStore::open(&data_dir).map_err(|e| e.to_string())?;
+    let version = Arc::new(AtomicU64::new(1));
+    // Node health and least_conn counts outlive every snapshot and are seen by every worker.
+    let shared = SharedState::default();
+    let snapshot = build_snapshot(version.fetch_add(1, Ordering::Relaxed), &store.resources(), &shared);
+
+    let listeners: Vec<ListenSpec> = if config.proxy_mode.stream_enabled() {
+        config.tcp.iter().chain(config.udp.iter()).cloned().collect()
+    } else {
+        if !config.tcp.is_empty() || !config.udp.is_empty() {
+            log::warn!("apisix.proxy_mode is http: the stream_proxy listeners are not started");
+        }
+        Vec::new()
+    };
+    let workers_count = match config.worker_processes {
+        WorkerProcesses::Count(n) => n,
+        WorkerProcesses::Auto => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
+    let engine = EngineConfig {
+        seed: process_seed(),
+        buffer_bytes: config.buffer_size,
+        max_connections: config.worker_connections,
+        udp_idle_timeout: config.udp_idle_timeout,
+        udp_sessions_max: config.udp_sessions_max,
+        udp_proxy_responses: config.udp_proxy_responses,
+        ..EngineConfig::default()
+    };
+    log::info!("engine seed {} (worker i uses seed + i)", engine.seed);
+    let workers = strait_io::Workers::start(
+        strait_io::WorkersConfig { workers: workers_count, listeners: listeners.clone(), engine },
+        snapshot,
+    )
+    .map_err(|e| e.to_string())?;
+    for spec in &listeners {
+        log::info!("listening on {} ({:?}{})", spec.addr, spec.protocol, if spec.tls { ", tls" } else { "" });
+    }
+    log::info!("{workers_count} worker(s) started");
+
+    let admin = if config.admin.enabled {
+        let publisher = workers.publisher();
+        let on_change: strait_admin::OnChange = Box::new(move |resources: &Resources| {
+            publisher.publish(build_snapshot(version.fetch_add(1, Ordering::Relaxed), resources, &shared));
+        });
+        let options = strait_admin::AdminOptions { settings: config.admin.clone(), proxy_mode: config.proxy_mode };
+        let handle = strait_admin::spawn(options, store, on_change)
+            .map_err(|e| format!("admin API on {}: {e}", config.admin.listen))?;
+        log::info!("admin API listening on {}", config.admin.listen);
+        Some(handle)
+    } else {
+        None
+    };
+
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    if let Some(signal) = signals.forever().next() {
+        log::info!("signal {signal}: stop accepting, draining for up to {:?}", config.worker_shutdown_timeout);
+    }
+    if let Some(admin) = admin {
+        admin.stop();
+    }
+    workers.shutdown(config.worker_shutdown_timeout);
+    log::info!("exit");
+    Ok(())
+}
+
+/// Builds and logs a snapshot; node host names are resolved here, outside the engine.
+fn build_snapshot(version: u64, resources: &Resources, shared: &SharedState) -> Arc<Snapshot> {
+    let mut resolve = |host: &str| -> Vec<IpAddr> {
+        (host, 0).to_socket_addrs().map(|addrs| addrs.map(|a| a.ip()).collect()).unwrap_or_default()
+    };
+    let (snapshot, warnings) = Snapshot::build_with(version, resources, &mut resolve, shared);
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
+    log::debug!("config version {version}: {} stream routes", snapshot.routes().len());
+    Arc::new(snapshot)
+}
+
+/// A relative `strait.data_dir` is taken relative to the config file's folder.
+fn resolve_beside(config_path: &Path, dir: &str) -> PathBuf {
+    let dir = Path::new(dir);
+    if dir.is_absolute() {
+        return dir.to_path_buf();
+    }
+    config_path.parent().unwrap_or(Path::new(".")).join(dir)
+}
+
+/// The engine's seed: fresh per process, logged so a run's decisions can be replayed.
+fn process_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => std::process::id() as u64,
+    }
+}
