@@ -43,7 +43,7 @@ pub mod trace;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Steps per seed unless STRAIT_SIM_STEPS says otherwise.
-pub const DEFAULT_STEPS: u64 = 200;
+pub const DEFAULT_STEPS: u64 = 500;
 /// Seeds per `cargo test` unless STRAIT_SIM_SEEDS says otherwise.
 pub const DEFAULT_SEEDS: u64 = 500;
 

@@ -97,6 +97,10 @@ pub struct Sim {
     wrr: WrrCheck,
     /// The final drain: peers send nothing more.
     draining: bool,
+    /// `begin_shutdown` was called: every accept is refused.
+    shutting_down: bool,
+    /// `abort_all` is running: resets need no reset from a peer.
+    aborting: bool,
     pub stats: SimStats,
 }
 
@@ -148,6 +152,8 @@ impl Sim {
             next_k: 0,
             wrr: WrrCheck::default(),
             draining: false,
+            shutting_down: false,
+            aborting: false,
             stats: SimStats::default(),
         };
         for addr in NODE_ADDRS {
@@ -168,6 +174,9 @@ impl Sim {
             self.step(step);
             self.check_counts();
             self.stats.steps += 1;
+        }
+        if self.rng.chance(0.2) {
+            self.shut_down();
         }
         self.drain();
         self.stats.wrr_windows = self.wrr.windows_checked;
@@ -360,7 +369,11 @@ impl Sim {
         let mut c = self.conns.remove(&conn).expect("a Close names a live connection");
         let now = self.now;
         if reset {
-            assert!(c.fed_reset, "a connection is reset only after one of its sides reset (k={})", c.k);
+            assert!(
+                c.fed_reset || self.aborting,
+                "a connection is reset only after one of its sides reset (k={})",
+                c.k
+            );
             self.stats.reset_closes += 1;
         } else if c.shutdown == [true, true] {
             self.stats.finished += 1;
@@ -615,7 +628,7 @@ impl Sim {
         let snapshot = self.engine.snapshot().clone();
         let input =
             MatchInput { server_addr: local.ip(), server_port: local.port(), remote_addr: peer.ip(), sni: None };
-        let expected: Result<ExpectedUpstream, Refusal> = if spec.protocol == Protocol::Udp {
+        let expected: Result<ExpectedUpstream, Refusal> = if spec.protocol == Protocol::Udp || self.shutting_down {
             Err(Refusal::NotAccepting)
         } else if self.conns.len() >= self.swarm.max_connections {
             Err(Refusal::TooManyConnections)
@@ -698,6 +711,27 @@ impl Sim {
     }
 
     // ---- the end of a run -------------------------------------------------
+
+    /// A worker shutting down: new connections are refused while the old ones
+    /// run on; sometimes the drain deadline passes and the rest are reset.
+    fn shut_down(&mut self) {
+        self.ev("begin_shutdown", &[]);
+        self.engine.begin_shutdown();
+        self.shutting_down = true;
+        for _ in 0..20 {
+            let step = self.swarm.next_step(&mut self.rng);
+            self.step(step);
+            self.check_counts();
+        }
+        if self.rng.chance(0.5) {
+            self.ev("abort_all", &[]);
+            self.aborting = true;
+            self.engine.abort_all(self.now);
+            self.drain_actions();
+            self.aborting = false;
+            assert!(self.conns.is_empty(), "abort_all closes every connection");
+        }
+    }
 
     /// Every peer finishes; every connection must then end and release
     /// everything it held.
