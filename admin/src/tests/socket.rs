@@ -55,3 +55,36 @@ fn the_api_answers_over_http() {
     handle.stop();
     assert!(FileStore::open(dir.path()).unwrap().get("upstreams", "1").is_some());
 }
+
+#[test]
+fn a_client_stalled_mid_body_does_not_block_other_requests() {
+    let dir = TempDir::new("socket-stall");
+    let store = FileStore::open(dir.path()).unwrap();
+    let options = crate::AdminOptions { settings: settings(), proxy_mode: ProxyMode::Stream };
+    let handle = crate::spawn(options, store, Box::new(|_| {})).unwrap();
+    let addr = handle.local_addr();
+
+    // Promises 100 bytes, sends 10, and stays silent with the socket open.
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled
+        .write_all(
+            format!(
+                "PUT /apisix/admin/upstreams/1 HTTP/1.1\r\nHost: x\r\nX-API-KEY: {ADMIN_KEY}\r\nContent-Length: 100\r\n\r\n{{\"nodes\":"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+
+    let body = r#"{"nodes":{"127.0.0.1:1995":1}}"#;
+    let (status, _, reply) = exchange(
+        addr,
+        &format!(
+            "PUT /apisix/admin/upstreams/2 HTTP/1.1\r\nHost: x\r\nX-API-KEY: {ADMIN_KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(status, 201, "{reply}");
+    handle.stop();
+    drop(stalled);
+}
