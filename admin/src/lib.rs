@@ -25,8 +25,10 @@
 //! - A write is acknowledged only after it is on disk (temp file, fsync,
 //!   rename, fsync of the folder) and after `on_change` returned; a refused or
 //!   failed write changes nothing.
-//! - Requests are served one at a time on the admin thread, which is the
-//!   store's only writer: no locks, no lost updates.
+//! - Requests are handled one at a time on the admin thread, which is the
+//!   store's only writer: no locks, no lost updates. Bodies are read first on
+//!   short-lived threads (at most 32), so a stalled client holds up only itself.
+//! - The store folder is locked (flock): a second process cannot open it.
 //! - Bounded: request bodies up to 1.5 MiB, at most 100,000 objects per type.
 
 mod admin_key;
