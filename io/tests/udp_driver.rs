@@ -14,11 +14,13 @@ fn free_udp_port() -> u16 {
 }
 
 fn start(port: u16, upstream: serde_json::Value, engine: EngineConfig) -> Workers {
-    let resources = Resources { stream_routes: vec![("1".into(), json!({ "upstream": upstream }))], ..Default::default() };
+    let resources =
+        Resources { stream_routes: vec![("1".into(), json!({ "upstream": upstream }))], ..Default::default() };
     let (snapshot, warnings) = Snapshot::build(1, &resources, &mut |_| vec![]);
     assert!(warnings.is_empty(), "{warnings:?}");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let listeners = vec![ListenSpec { protocol: Protocol::Udp, addr, tls: false, tls_passthrough: false, proxy_protocol: false }];
+    let listeners =
+        vec![ListenSpec { protocol: Protocol::Udp, addr, tls: false, tls_passthrough: false, proxy_protocol: false }];
     Workers::start(WorkersConfig { workers: 1, listeners, engine }, Arc::new(snapshot)).unwrap()
 }
 
@@ -58,7 +60,11 @@ fn each_client_sticks_to_one_node_and_gets_only_its_own_replies() {
     let a = tagged_echo("a");
     let b = tagged_echo("b");
     let port = free_udp_port();
-    let workers = start(port, json!({"nodes": {format!("127.0.0.1:{a}"): 1, format!("127.0.0.1:{b}"): 1}}), EngineConfig::default());
+    let workers = start(
+        port,
+        json!({"nodes": {format!("127.0.0.1:{a}"): 1, format!("127.0.0.1:{b}"): 1}}),
+        EngineConfig::default(),
+    );
     let handles: Vec<_> = (0..40)
         .map(|i| {
             thread::spawn(move || {
@@ -139,7 +145,8 @@ fn proxy_responses_one_ends_the_session_after_the_reply() {
     let first = ask(&socket, port, b"q1").0;
     let second = ask(&socket, port, b"q2").0;
     assert_ne!(first[0], second[0], "each query is a new session, so round robin moves on");
-    let (first_port, second_port) = (String::from_utf8_lossy(&first).to_string(), String::from_utf8_lossy(&second).to_string());
+    let (first_port, second_port) =
+        (String::from_utf8_lossy(&first).to_string(), String::from_utf8_lossy(&second).to_string());
     assert!(first_port.ends_with(":q1") && second_port.ends_with(":q2"));
     workers.shutdown(Duration::from_secs(1));
 }
@@ -148,7 +155,8 @@ fn proxy_responses_one_ends_the_session_after_the_reply() {
 fn idle_sessions_are_reaped_and_the_session_limit_drops_new_flows() {
     let upstream = plain_echo();
     let port = free_udp_port();
-    let engine = EngineConfig { udp_idle_timeout: Duration::from_millis(300), udp_sessions_max: 1, ..EngineConfig::default() };
+    let engine =
+        EngineConfig { udp_idle_timeout: Duration::from_millis(300), udp_sessions_max: 1, ..EngineConfig::default() };
     let workers = start(port, json!({"nodes": {format!("127.0.0.1:{upstream}"): 1}}), engine);
     let first = client();
     assert_eq!(ask(&first, port, b"one").0, b"one");
