@@ -73,6 +73,9 @@ pub struct StraitConfig {
     pub udp_sessions_max: usize,
     /// `strait.udp.proxy_responses`: replies after which a UDP session ends (0 = unlimited).
     pub udp_proxy_responses: u32,
+    /// `apisix.enable_control` + `apisix.control.{ip,port}`: the control API
+    /// (health checks); `None` when disabled.
+    pub control_listen: Option<SocketAddr>,
 }
 
 /// A config.yaml error: which key, and what is wrong with it.
@@ -216,6 +219,32 @@ impl StraitConfig {
                 return Err(error("strait.udp.proxy_responses", format!("must be a number ≥ 0, got {}", show(other))))
             }
         };
+        let control_enabled = match lookup(&root, "apisix.enable_control") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(error("apisix.enable_control", format!("must be a boolean, got {}", show(other))))
+            }
+        };
+        let control_ip: IpAddr = match lookup(&root, "apisix.control.ip") {
+            None | Some(Value::Null) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(Value::String(s)) => {
+                s.parse().map_err(|_| error("apisix.control.ip", format!("invalid IP address: {s}")))?
+            }
+            Some(other) => {
+                return Err(error("apisix.control.ip", format!("must be an IP address, got {}", show(other))))
+            }
+        };
+        let control_port = match lookup(&root, "apisix.control.port") {
+            None | Some(Value::Null) => 9090,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|p| (1..=65535).contains(&p)) => {
+                n.as_u64().expect("checked") as u16
+            }
+            Some(other) => {
+                return Err(error("apisix.control.port", format!("port out of range (1-65535): {}", show(other))))
+            }
+        };
+        let control_listen = control_enabled.then_some(SocketAddr::new(control_ip, control_port));
         Ok(StraitConfig {
             proxy_mode,
             tcp,
@@ -229,6 +258,7 @@ impl StraitConfig {
             udp_idle_timeout,
             udp_sessions_max,
             udp_proxy_responses,
+            control_listen,
         })
     }
 
