@@ -95,7 +95,7 @@ fn run(config_path: &Path) -> Result<(), String> {
     log::info!("engine seed {} (worker i uses seed + i)", engine.seed);
     let workers = strait_io::Workers::start(
         strait_io::WorkersConfig { workers: workers_count, listeners: listeners.clone(), engine },
-        snapshot,
+        snapshot.clone(),
     )
     .map_err(|e| e.to_string())?;
     for spec in &listeners {
@@ -103,16 +103,26 @@ fn run(config_path: &Path) -> Result<(), String> {
     }
     log::info!("{workers_count} worker(s) started");
 
+    let latest: strait_admin::control::LatestSnapshot = Arc::new(std::sync::Mutex::new(snapshot.clone()));
+    // The control API is read-only and auxiliary: a port clash is logged, it does not stop the proxy.
+    let control = config.control_listen.and_then(|listen| {
+        strait_admin::control::spawn_control(listen, latest.clone())
+            .map_err(|e| log::error!("{e}; the control API is off (set apisix.control.port or apisix.enable_control)"))
+            .ok()
+    });
+
     let admin = if config.admin.enabled {
         let publisher = workers.publisher();
         let on_change: strait_admin::OnChange = Box::new(move |resources: &Resources| {
-            publisher.publish(build_snapshot(version.fetch_add(1, Ordering::Relaxed), resources, &shared));
+            let snapshot = build_snapshot(version.fetch_add(1, Ordering::Relaxed), resources, &shared);
+            *latest.lock().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
+            publisher.publish(snapshot);
         });
         let options = strait_admin::AdminOptions { settings: config.admin.clone(), proxy_mode: config.proxy_mode };
-        let handle = strait_admin::spawn(options, store, on_change)
-            .map_err(|e| format!("admin API on {}: {e}", config.admin.listen))?;
-        log::info!("admin API listening on {}", config.admin.listen);
-        Some(handle)
+        Some(
+            strait_admin::spawn(options, store, on_change)
+                .map_err(|e| format!("admin API on {}: {e}", config.admin.listen))?,
+        )
     } else {
         None
     };
@@ -124,6 +134,9 @@ fn run(config_path: &Path) -> Result<(), String> {
     }
     if let Some(admin) = admin {
         admin.stop();
+    }
+    if let Some(control) = control {
+        control.stop();
     }
     workers.shutdown(config.worker_shutdown_timeout);
     log::info!("exit");

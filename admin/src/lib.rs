@@ -33,6 +33,7 @@
 
 mod admin_key;
 mod auth;
+pub mod control;
 mod dispatch;
 mod envelope;
 mod kind;
