@@ -3,8 +3,11 @@
 //! interprets it. Keys the stream proxy does not use (APISIX's HTTP settings)
 //! are ignored so that an APISIX config.yaml can be copied as it is.
 
+mod deployment;
 mod listen;
 mod yaml;
+
+pub use deployment::{ConfigProvider, Deployment, EtcdEndpoint, EtcdSettings, EtcdTls, Role};
 
 pub use listen::{parse_listen_list, ListenSpec, Protocol};
 pub use yaml::{AdminKey, AdminRole, AdminSettings, ConfigError, ProxyMode, StraitConfig, WorkerProcesses};

@@ -91,7 +91,7 @@ impl fmt::Display for ConfigError {
     }
 }
 
-fn error(key: &str, message: impl Into<String>) -> ConfigError {
+pub(super) fn error(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError { key: key.to_string(), message: message.into() }
 }
 
@@ -245,6 +245,7 @@ impl StraitConfig {
             }
         };
         let control_listen = control_enabled.then_some(SocketAddr::new(control_ip, control_port));
+        let deployment = super::deployment::parse_deployment(&root)?;
         Ok(StraitConfig {
             proxy_mode,
             tcp,
@@ -371,7 +372,7 @@ fn parse_admin(root: &Value) -> Result<AdminSettings, ConfigError> {
 }
 
 /// nginx time syntax: `240s`, `5m`, `500ms`, or a bare number of seconds.
-fn parse_duration(value: &Value) -> Result<Duration, String> {
+pub(super) fn parse_duration(value: &Value) -> Result<Duration, String> {
     let text = match value {
         Value::Number(n) => {
             return n
@@ -396,7 +397,7 @@ fn parse_duration(value: &Value) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("invalid duration {text} (too large)"))
 }
 
-fn lookup<'a>(root: &'a Value, dotted: &str) -> Option<&'a Value> {
+pub(super) fn lookup<'a>(root: &'a Value, dotted: &str) -> Option<&'a Value> {
     match lookup_present(root, dotted) {
         Lookup::Present(v) => Some(v),
         Lookup::Missing => None,
@@ -419,7 +420,7 @@ fn lookup_present<'a>(root: &'a Value, dotted: &str) -> Lookup<'a> {
     Lookup::Present(node)
 }
 
-fn show(value: &Value) -> String {
+pub(super) fn show(value: &Value) -> String {
     match value {
         Value::String(s) => format!("\"{s}\""),
         other => serde_yaml::to_string(other).map(|s| s.trim().to_string()).unwrap_or_else(|_| yaml_type(other).into()),
