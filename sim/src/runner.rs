@@ -75,6 +75,8 @@ pub struct SimStats {
     pub finished: u64,
     pub reset_closes: u64,
     pub idle_closes: u64,
+    /// Idle closes while the engine still held bytes it had read.
+    pub idle_closes_dropping_bytes: u64,
     pub unreachable_closes: u64,
     pub retries: u64,
     pub bytes_delivered: u64,
@@ -400,6 +402,14 @@ impl Sim {
                 c.expected.idle_timeout
             );
             self.stats.idle_closes += 1;
+            // Allowed (nginx's proxy_timeout does the same), but counted: bytes the
+            // engine had taken from one peer die with a close the other sees as clean.
+            let up = c.upstream.as_ref().expect("connected");
+            let taken_up = c.client.peer_sent - c.client.inbox.len() as u64;
+            let taken_down = up.peer_sent - up.inbox.len() as u64;
+            if taken_up > up.proxy_written || taken_down > c.client.proxy_written {
+                self.stats.idle_closes_dropping_bytes += 1;
+            }
         }
         c.client.proxy_close(reset);
         if let Some(up) = c.upstream.as_mut() {

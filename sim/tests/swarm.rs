@@ -1,6 +1,7 @@
 //! The simulator's swarm: many seeds, each its own mix of faults. With
 //! STRAIT_SIM_SEED set it replays that one seed and prints its trace digest.
 
+use std::io::Write;
 use std::time::Instant;
 use strait_sim::{check_seed, env_u64, DEFAULT_SEEDS, DEFAULT_STEPS};
 
@@ -10,8 +11,15 @@ fn every_seed_keeps_every_invariant() {
     if let Some(seed) = env_u64("STRAIT_SIM_SEED") {
         match check_seed(seed, steps) {
             Ok(report) => {
-                println!("seed {seed}: {} events, {:?}", report.events, report.stats);
-                println!("trace digest: {:016x}", report.digest);
+                // Straight to the stderr handle: libtest captures print!/eprint!,
+                // and the digest must show without --nocapture.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "seed {seed}: {} events, {:?}\ntrace digest: {:016x}",
+                    report.events,
+                    report.stats,
+                    report.digest
+                );
             }
             Err(text) => panic!("{text}"),
         }
@@ -33,6 +41,7 @@ fn every_seed_keeps_every_invariant() {
                 total.finished += s.finished;
                 total.reset_closes += s.reset_closes;
                 total.idle_closes += s.idle_closes;
+                total.idle_closes_dropping_bytes += s.idle_closes_dropping_bytes;
                 total.unreachable_closes += s.unreachable_closes;
                 total.retries += s.retries;
                 total.bytes_delivered += s.bytes_delivered;
