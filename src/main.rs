@@ -118,9 +118,13 @@ fn run(config_path: &Path) -> Result<(), String> {
             *latest.lock().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
             publisher.publish(snapshot);
         });
-        let options = strait_admin::AdminOptions { settings: config.admin.clone(), proxy_mode: config.proxy_mode };
+        let options = strait_admin::AdminOptions {
+            settings: config.admin.clone(),
+            proxy_mode: config.proxy_mode,
+            read_only: None,
+        };
         Some(
-            strait_admin::spawn(options, store, on_change)
+            strait_admin::spawn(options, store, strait_admin::Publish::Direct(on_change))
                 .map_err(|e| format!("admin API on {}: {e}", config.admin.listen))?,
         )
     } else {

@@ -5,13 +5,17 @@
 //! preflight, method, API key, stream mode, resource type, body size, body
 //! JSON, `ttl`, then the method handler in resources.rs.
 
+use crate::applied::AppliedRevision;
 use crate::auth;
+use crate::config_store::ConfigStore;
 use crate::envelope::Response;
 use crate::kind::Kind;
 use crate::request::Request;
 use crate::store::FileStore;
 use crate::OnChange;
 use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
 use strait_engine::config::{AdminSettings, ProxyMode};
 
 /// APISIX's admin body limit (spec §2.1).
@@ -21,14 +25,32 @@ pub const BODY_BYTES_MAX: usize = 1536 * 1024;
 /// so its size is bounded to keep a write's cost bounded too.
 pub const OBJECTS_PER_TYPE_MAX: usize = 100_000;
 
+/// Longest `?ttl=` accepted (a year), so the lease request stays meaningful.
+pub const TTL_SECONDS_MAX: u64 = 365 * 86_400;
+
 const ALLOW_METHODS: &str = "POST, GET, PUT, OPTIONS, DELETE, PATCH";
 const API_METHODS: [&str; 5] = ["GET", "PUT", "POST", "DELETE", "PATCH"];
 
-pub struct Admin {
+/// How a stored write reaches this node's workers.
+pub enum Publish {
+    /// The embedded store: the admin thread hands the complete new set to the
+    /// callback itself, before answering.
+    Direct(OnChange),
+    /// A shared store (etcd): the node's syncer publishes what it reads back;
+    /// the admin thread waits, at most `limit`, until the syncer has applied
+    /// the write's revision, so an answer means "this node routes with it"
+    /// (read-your-writes, which APISIX does not promise).
+    AwaitApplied { applied: Arc<AppliedRevision>, limit: Duration },
+}
+
+pub struct Admin<S: ConfigStore = FileStore> {
     pub(crate) settings: AdminSettings,
     pub(crate) proxy_mode: ProxyMode,
-    pub(crate) store: FileStore,
-    pub(crate) on_change: OnChange,
+    pub(crate) store: S,
+    pub(crate) publish: Publish,
+    /// Set on nodes whose objects come from elsewhere (data_plane, standalone
+    /// file): every write is refused with this text.
+    pub(crate) read_only: Option<String>,
     /// Unix seconds for create_time/update_time; replaceable in tests.
     pub(crate) clock: fn() -> u64,
 }
@@ -44,9 +66,21 @@ pub struct Target<'a> {
     pub sub_path: Option<&'a str>,
 }
 
-impl Admin {
-    pub fn new(settings: AdminSettings, proxy_mode: ProxyMode, store: FileStore, on_change: OnChange) -> Admin {
-        Admin { settings, proxy_mode, store, on_change, clock: system_clock }
+impl<S: ConfigStore> Admin<S> {
+    /// An Admin that publishes through `on_change` after each write (the embedded store).
+    #[cfg(test)]
+    pub fn new(settings: AdminSettings, proxy_mode: ProxyMode, store: S, on_change: OnChange) -> Admin<S> {
+        Admin::with_publish(settings, proxy_mode, store, Publish::Direct(on_change))
+    }
+
+    pub fn with_publish(settings: AdminSettings, proxy_mode: ProxyMode, store: S, publish: Publish) -> Admin<S> {
+        Admin { settings, proxy_mode, store, publish, read_only: None, clock: system_clock }
+    }
+
+    /// Refuses every write with `reason` (data-plane and standalone nodes).
+    pub fn read_only(mut self, reason: String) -> Admin<S> {
+        self.read_only = Some(reason);
+        self
     }
 
     /// Answers one request, common headers included. For a write, the store
@@ -96,6 +130,11 @@ impl Admin {
         if let Err(refused) = auth::check_token(&self.settings, request) {
             return refused;
         }
+        if request.method != "GET" {
+            if let Some(reason) = &self.read_only {
+                return Response::error(403, reason.clone());
+            }
+        }
 
         let mut segments = rest.splitn(3, '/');
         let resource = segments.next().unwrap_or("");
@@ -123,30 +162,52 @@ impl Admin {
             Ok(body) => body,
             Err(response) => return response,
         };
-        if let Some(ttl) = request.arg("ttl") {
-            if ttl.trim().parse::<f64>().is_err() {
+        let mut ttl = None;
+        if let Some(text) = request.arg("ttl") {
+            let Some(seconds) = text.trim().parse::<f64>().ok().filter(|s| s.is_finite()) else {
                 return Response::error(400, "invalid argument ttl: should be a number");
-            }
+            };
             // APISIX attaches an etcd lease; the file store has no expiry, and
             // silently keeping the object forever would be worse than saying so.
-            return Response::error(400, "invalid argument ttl: not supported by Strait");
+            if !self.store.supports_ttl() {
+                return Response::error(400, "invalid argument ttl: not supported by Strait");
+            }
+            if seconds < 1.0 || seconds > TTL_SECONDS_MAX as f64 {
+                return Response::error(400, format!("invalid argument ttl: must be from 1 to {TTL_SECONDS_MAX}"));
+            }
+            ttl = Some(seconds.ceil() as u64);
         }
 
         let target = Target { kind, id, sub_path };
         match request.method {
             "GET" => self.get(&target, request),
-            "PUT" => self.put(&target, body),
-            "POST" => self.post(&target, body),
+            "PUT" => self.put(&target, body, ttl),
+            "POST" => self.post(&target, body, ttl),
             "DELETE" => self.delete(&target, request),
-            "PATCH" => self.patch(&target, body),
+            "PATCH" => self.patch(&target, body, ttl),
             _ => unreachable!("methods checked against API_METHODS above"),
         }
     }
 
-    /// Calls `on_change` with the complete new set of objects: after a durable write only.
-    pub(crate) fn publish(&mut self) {
-        let resources = self.store.resources();
-        (self.on_change)(&resources);
+    /// Makes a stored write reach this node's workers before the answer goes
+    /// out: publishes the complete new set (embedded store) or waits for the
+    /// syncer to apply `revision` (etcd).
+    pub(crate) fn committed(&mut self, revision: u64) {
+        match &mut self.publish {
+            Publish::Direct(on_change) => match self.store.resources() {
+                Ok(resources) => on_change(&resources),
+                Err(e) => log::error!("admin write stored but not published: {e}"),
+            },
+            Publish::AwaitApplied { applied, limit } => {
+                if !applied.wait_for(revision, *limit) {
+                    log::warn!(
+                        "admin write at revision {revision} is stored, but this node has not applied it within {limit:?} \
+                         (applied revision {}); answering anyway",
+                        applied.get()
+                    );
+                }
+            }
+        }
     }
 
     pub(crate) fn now(&self) -> u64 {

@@ -32,7 +32,9 @@
 //! - Bounded: request bodies up to 1.5 MiB, at most 100,000 objects per type.
 
 mod admin_key;
+mod applied;
 mod auth;
+mod config_store;
 pub mod control;
 mod dispatch;
 mod envelope;
@@ -51,13 +53,19 @@ mod tests;
 mod testutil;
 
 pub use admin_key::ensure_admin_key;
+pub use applied::AppliedRevision;
+pub use config_store::{Cond, ConfigStore, PutOutcome};
+pub use dispatch::Publish;
 pub use server::AdminHandle;
-pub use store::{FileStore, StoreError};
+pub use store::{Entry, FileStore, StoreError};
 
 /// What the Admin API needs from config.yaml.
 pub struct AdminOptions {
     pub settings: strait_engine::config::AdminSettings,
     pub proxy_mode: strait_engine::config::ProxyMode,
+    /// `Some(reason)` on nodes that must not write (data_plane, standalone):
+    /// every write is refused with 403 and this text.
+    pub read_only: Option<String>,
 }
 
 /// Called on the admin thread after every acknowledged (durable) write, with
@@ -66,11 +74,18 @@ pub type OnChange = Box<dyn FnMut(&strait_engine::Resources) + Send + 'static>;
 
 /// Binds `settings.listen` and serves the Admin API on its own thread
 /// (tiny_http). Returns once listening.
-pub fn spawn(options: AdminOptions, store: FileStore, on_change: OnChange) -> std::io::Result<AdminHandle> {
+pub fn spawn<S: ConfigStore + 'static>(
+    options: AdminOptions,
+    store: S,
+    publish: Publish,
+) -> std::io::Result<AdminHandle> {
     if !options.settings.key_required {
         log::warn!("Admin key is bypassed! deployment.admin.admin_key_required is false: anyone who can reach {} may change the configuration", options.settings.listen);
     }
     let listen = options.settings.listen;
-    let admin = dispatch::Admin::new(options.settings, options.proxy_mode, store, on_change);
+    let mut admin = dispatch::Admin::with_publish(options.settings, options.proxy_mode, store, publish);
+    if let Some(reason) = options.read_only {
+        admin = admin.read_only(reason);
+    }
     server::spawn(listen, admin)
 }

@@ -4,20 +4,25 @@
 //! they are ordered by creation instead. `total` counts the filtered items
 //! before paging.
 
+use crate::config_store::ConfigStore;
 use crate::envelope::{self, Response};
 use crate::kind::Kind;
 use crate::request::{query_pairs, Request};
 use crate::resources::shown;
-use crate::store::{Entry, FileStore};
+use crate::store::Entry;
 use serde_json::{json, Value};
 
 const PAGE_SIZE_MIN: usize = 10;
 const PAGE_SIZE_MAX: usize = 500;
 
-pub fn list(store: &FileStore, kind: Kind, request: &Request<'_>) -> Response {
+pub fn list(store: &mut dyn ConfigStore, kind: Kind, request: &Request<'_>) -> Response {
     let filters = Filters::from_request(kind, request);
+    let all = match store.list(kind.segment()) {
+        Ok(all) => all,
+        Err(e) => return Response::error(503, e.to_string()),
+    };
     let mut items: Vec<(&String, &Entry)> =
-        store.list(kind.segment()).filter(|(_, entry)| filters.keep(&entry.value)).collect();
+        all.iter().filter(|(_, entry)| filters.keep(&entry.value)).map(|(id, entry)| (id, entry)).collect();
     let total = items.len();
 
     let page = request.arg("page").and_then(|p| number(&p));

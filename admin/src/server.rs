@@ -9,6 +9,7 @@
 //! request, not every admin write. At most [`BODY_READERS_MAX`] bodies are read
 //! at once; past that, requests are answered 503 at once.
 
+use crate::config_store::ConfigStore;
 use crate::dispatch::{Admin, BODY_BYTES_MAX};
 use crate::envelope::Response;
 use crate::request::Request;
@@ -61,7 +62,7 @@ impl AdminHandle {
     }
 }
 
-pub fn spawn(listen: SocketAddr, admin: Admin) -> std::io::Result<AdminHandle> {
+pub fn spawn<S: ConfigStore + 'static>(listen: SocketAddr, admin: Admin<S>) -> std::io::Result<AdminHandle> {
     let server = tiny_http::Server::http(listen)
         .map_err(|e| std::io::Error::other(format!("admin API cannot listen on {listen}: {e}")))?;
     let local_addr = server.server_addr().to_ip().expect("bound to an IP address above");
@@ -131,7 +132,7 @@ fn busy(request: tiny_http::Request) {
     let _ = request.respond(reply);
 }
 
-fn work(receiver: Receiver<Pending>, stopping: &AtomicBool, mut admin: Admin) {
+fn work<S: ConfigStore>(receiver: Receiver<Pending>, stopping: &AtomicBool, mut admin: Admin<S>) {
     while !stopping.load(Ordering::SeqCst) {
         match receiver.recv_timeout(STOP_POLL) {
             Ok(pending) => answer(pending, &mut admin),
@@ -141,7 +142,7 @@ fn work(receiver: Receiver<Pending>, stopping: &AtomicBool, mut admin: Admin) {
     }
 }
 
-fn answer(pending: Pending, admin: &mut Admin) {
+fn answer<S: ConfigStore>(pending: Pending, admin: &mut Admin<S>) {
     let Pending { request, body } = pending;
     let method = request.method().as_str().to_ascii_uppercase();
     let url = request.url().to_string();

@@ -53,6 +53,9 @@ pub enum StoreError {
     Io { path: PathBuf, error: std::io::Error },
     /// The file exists but is not a complete, intact store file.
     Corrupt { path: PathBuf, reason: String },
+    /// A shared store (etcd) could not do it; the text is etcd's own message
+    /// (or the transport's), which the Admin API passes on as APISIX does.
+    Unavailable(String),
 }
 
 impl fmt::Display for StoreError {
@@ -66,6 +69,7 @@ impl fmt::Display for StoreError {
                 "config store {} is corrupt ({reason}); restore it from a backup or move it away to start empty",
                 path.display()
             ),
+            StoreError::Unavailable(message) => f.write_str(message),
         }
     }
 }
@@ -220,6 +224,11 @@ impl FileStore {
         // The rename is only durable once the folder's entry is on disk.
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_error(&self.dir))?;
         Ok(())
+    }
+
+    /// The store-wide revision of the last write.
+    pub(crate) fn current_revision(&self) -> u64 {
+        self.state.revision
     }
 
     #[cfg(test)]

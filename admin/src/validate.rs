@@ -3,9 +3,9 @@
 //! object's own rules (strait_engine::model, the one definition of a valid
 //! object), then references to other objects in the store.
 
+use crate::config_store::ConfigStore;
 use crate::envelope::Response;
 use crate::kind::Kind;
-use crate::store::FileStore;
 use serde_json::{Map, Value};
 use strait_engine::model::json::id_string;
 use strait_engine::model::{Service, Ssl, StreamRoute, Upstream};
@@ -32,7 +32,7 @@ pub fn check_conf(
     conf: Option<Value>,
     id_rule: IdRule<'_>,
     allow_time: bool,
-    store: &FileStore,
+    store: &mut dyn ConfigStore,
 ) -> Result<Checked, Response> {
     let conf = match conf {
         None | Some(Value::Null) => return Err(Response::error(400, "missing configurations")),
@@ -124,13 +124,15 @@ fn model_error(message: &str) -> Response {
 }
 
 /// Objects named by id must exist at write time (spec §2.4 steps 2-3).
-fn check_references(kind: Kind, value: &Value, store: &FileStore) -> Result<(), Response> {
-    let exists = |kind: Kind, field: &str, inner: &Value| -> Result<(), Response> {
+fn check_references(kind: Kind, value: &Value, store: &mut dyn ConfigStore) -> Result<(), Response> {
+    let mut exists = |kind: Kind, field: &str, inner: &Value| -> Result<(), Response> {
         let Some(id) = inner.get(field).and_then(id_string) else {
             return Ok(());
         };
-        if store.get(kind.segment(), &id).is_some() {
-            return Ok(());
+        match store.get(kind.segment(), &id) {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(e) => return Err(Response::error(503, e.to_string())),
         }
         Err(Response::error(
             400,
@@ -156,12 +158,13 @@ fn check_references(kind: Kind, value: &Value, store: &FileStore) -> Result<(), 
 /// `tls.client_cert_id` must name an ssl object of `type: client` (spec §2.5).
 /// APISIX skips this for inline upstreams of stream routes; Strait does not
 /// (spec §8.2).
-fn check_client_cert(upstream: &Value, store: &FileStore) -> Result<(), Response> {
+fn check_client_cert(upstream: &Value, store: &mut dyn ConfigStore) -> Result<(), Response> {
     let Some(id) = upstream.get("tls").and_then(|tls| tls.get("client_cert_id")).and_then(id_string) else {
         return Ok(());
     };
     let prefix = format!("failed to fetch ssl info by ssl id [{id}]");
-    match store.get(Kind::Ssls.segment(), &id) {
+    let ssl = store.get(Kind::Ssls.segment(), &id).map_err(|e| Response::error(503, e.to_string()))?;
+    match ssl {
         None => Err(Response::error(400, format!("{prefix}, response code: 404"))),
         Some(entry) if entry.value.get("type").and_then(Value::as_str) != Some("client") => {
             Err(Response::error(400, format!("{prefix}, wrong ssl type")))

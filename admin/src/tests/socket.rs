@@ -23,9 +23,9 @@ fn the_api_answers_over_http() {
     let published = Arc::new(Mutex::new(0usize));
     let count = Arc::clone(&published);
     let handle = crate::spawn(
-        crate::AdminOptions { settings: settings(), proxy_mode: ProxyMode::Stream },
+        crate::AdminOptions { settings: settings(), proxy_mode: ProxyMode::Stream, read_only: None },
         store,
-        Box::new(move |_| *count.lock().unwrap() += 1),
+        crate::Publish::Direct(Box::new(move |_| *count.lock().unwrap() += 1)),
     )
     .unwrap();
     let addr = handle.local_addr();
@@ -60,8 +60,8 @@ fn the_api_answers_over_http() {
 fn a_client_stalled_mid_body_does_not_block_other_requests() {
     let dir = TempDir::new("socket-stall");
     let store = FileStore::open(dir.path()).unwrap();
-    let options = crate::AdminOptions { settings: settings(), proxy_mode: ProxyMode::Stream };
-    let handle = crate::spawn(options, store, Box::new(|_| {})).unwrap();
+    let options = crate::AdminOptions { settings: settings(), proxy_mode: ProxyMode::Stream, read_only: None };
+    let handle = crate::spawn(options, store, crate::Publish::Direct(Box::new(|_| {}))).unwrap();
     let addr = handle.local_addr();
 
     // Promises 100 bytes, sends 10, and stays silent with the socket open.

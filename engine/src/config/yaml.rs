@@ -76,6 +76,8 @@ pub struct StraitConfig {
     /// `apisix.enable_control` + `apisix.control.{ip,port}`: the control API
     /// (health checks); `None` when disabled.
     pub control_listen: Option<SocketAddr>,
+    /// `deployment.role` and where the objects come from (deployment.rs).
+    pub deployment: super::deployment::Deployment,
 }
 
 /// A config.yaml error: which key, and what is wrong with it.
@@ -260,6 +262,7 @@ impl StraitConfig {
             udp_sessions_max,
             udp_proxy_responses,
             control_listen,
+            deployment,
         })
     }
 
