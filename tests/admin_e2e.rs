@@ -49,11 +49,7 @@ fn seed_server_addr_and_port_example_proxies_only_that_address_and_port() {
     let echo = Upstream::echo();
     let port_2000 = free_port();
     let port_other = free_port();
-    let strait = Strait::start(
-        Config::new()
-            .listen_port(port_other)
-            .listen(SocketAddr::new(LOCALHOST, port_2000)),
-    );
+    let strait = Strait::start(Config::new().listen_port(port_other).listen(SocketAddr::new(LOCALHOST, port_2000)));
     let body = r#"
 {
     "server_addr": "127.0.0.1",
@@ -111,7 +107,8 @@ fn put_replacing_a_route_answers_200_and_keeps_create_time() {
 #[test]
 fn get_returns_the_stored_route() {
     let (strait, _) = proxy();
-    let route = json!({"remote_addr": "10.0.0.0/8", "upstream": {"type": "roundrobin", "nodes": {"127.0.0.1:1995": 1}}});
+    let route =
+        json!({"remote_addr": "10.0.0.0/8", "upstream": {"type": "roundrobin", "nodes": {"127.0.0.1:1995": 1}}});
     strait.put_route("7", route.clone());
     let (status, answer) = strait.api("GET", &format!("{ROUTES}/7"), None);
     assert_eq!(status, 200, "{answer}");
@@ -216,10 +213,7 @@ fn route_with_a_missing_upstream_id_is_refused() {
     let (strait, _) = proxy();
     let (status, answer) = strait.api("PUT", &format!("{ROUTES}/1"), Some(&json!({"upstream_id": "9"})));
     assert_eq!(status, 400, "{answer}");
-    assert_eq!(
-        answer["error_msg"],
-        "failed to fetch upstream info by upstream id [9], response code: 404"
-    );
+    assert_eq!(answer["error_msg"], "failed to fetch upstream info by upstream id [9], response code: 404");
 }
 
 #[test]
@@ -227,20 +221,14 @@ fn proxy_mode_http_refuses_stream_routes() {
     let strait = Strait::start(Config::new().proxy_mode("http"));
     let route = route_to(&[(dead_addr(), 1)]);
     let (status, answer) = strait.api("PUT", &format!("{ROUTES}/1"), Some(&route));
-    assert_eq!(
-        (status, answer),
-        (400, json!({"error_msg": "stream mode is disabled, can not add stream routes"}))
-    );
+    assert_eq!((status, answer), (400, json!({"error_msg": "stream mode is disabled, can not add stream routes"})));
 }
 
 #[test]
 fn proxy_mode_http_refuses_listing_stream_routes_too() {
     let strait = Strait::start(Config::new().proxy_mode("http"));
     let (status, answer) = strait.api("GET", ROUTES, None);
-    assert_eq!(
-        (status, answer),
-        (400, json!({"error_msg": "stream mode is disabled, can not add stream routes"}))
-    );
+    assert_eq!((status, answer), (400, json!({"error_msg": "stream mode is disabled, can not add stream routes"})));
 }
 
 #[test]

@@ -24,12 +24,7 @@ fn test_flag_rejects(yaml: &str) -> (String, String) {
     let (_dir, path) = config_file(yaml);
     let path_text = path.display().to_string();
     let out = run_strait(&["-t", "-c", &path_text]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "strait -t must exit 1 on a bad config; output:\n{}",
-        all_output(&out)
-    );
+    assert_eq!(out.status.code(), Some(1), "strait -t must exit 1 on a bad config; output:\n{}", all_output(&out));
     (String::from_utf8_lossy(&out.stderr).into_owned(), path_text)
 }
 
@@ -84,7 +79,8 @@ fn test_flag_rejects_a_udp_port_out_of_range() {
 
 #[test]
 fn test_flag_rejects_a_reversed_port_range() {
-    let (stderr, path) = test_flag_rejects("apisix:\n  proxy_mode: stream\n  stream_proxy:\n    tcp:\n      - \"3000-2000\"\n");
+    let (stderr, path) =
+        test_flag_rejects("apisix:\n  proxy_mode: stream\n  stream_proxy:\n    tcp:\n      - \"3000-2000\"\n");
     assert_names(&stderr, &path, "apisix.stream_proxy.tcp", "invalid port range (start > end): 3000-2000");
 }
 
@@ -122,7 +118,8 @@ fn test_flag_rejects_an_unknown_admin_role() {
 
 #[test]
 fn test_flag_rejects_a_bad_admin_port() {
-    let (stderr, path) = test_flag_rejects("deployment:\n  admin:\n    admin_listen:\n      ip: 127.0.0.1\n      port: 99999\n");
+    let (stderr, path) =
+        test_flag_rejects("deployment:\n  admin:\n    admin_listen:\n      ip: 127.0.0.1\n      port: 99999\n");
     assert_names(&stderr, &path, "deployment.admin.admin_listen.port", "99999");
 }
 
@@ -157,10 +154,7 @@ fn missing_config_file_is_an_error_naming_it() {
 fn version_flag_prints_name_and_version() {
     let out = run_strait(&["--version"]);
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("strait {}", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("strait {}", env!("CARGO_PKG_VERSION")));
 }
 
 #[test]
@@ -264,7 +258,9 @@ fn readme_commands_read_the_generated_admin_key() {
         assert!(out.status.success(), "{script}: {}", all_output(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let sed = run(r#"admin_key=$(grep -m1 -E '^[ -]*key:' conf/config.yaml | sed -E 's/^[ -]*key: *"?([A-Za-z0-9]*)"?.*/\1/')"#);
+    let sed = run(
+        r#"admin_key=$(grep -m1 -E '^[ -]*key:' conf/config.yaml | sed -E 's/^[ -]*key: *"?([A-Za-z0-9]*)"?.*/\1/')"#,
+    );
     assert_eq!(sed, key, "the README's grep/sed line");
     let has_yq = Command::new("yq").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
     if has_yq {

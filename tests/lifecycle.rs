@@ -37,9 +37,7 @@ fn sigterm_lets_an_open_connection_finish_then_exits_0() {
     open.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_end(&mut open), b"");
 
-    let status = strait
-        .wait_exit(Duration::from_secs(20))
-        .expect("strait exits once its last connection is done");
+    let status = strait.wait_exit(Duration::from_secs(20)).expect("strait exits once its last connection is done");
     assert!(status.success(), "exit status {status}");
 }
 

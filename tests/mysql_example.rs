@@ -29,18 +29,16 @@ fn find_program(name: &str) -> Option<PathBuf> {
 
 /// The three MariaDB programs, or None (after deciding skip vs failure).
 fn mariadb_programs() -> Option<(PathBuf, PathBuf, PathBuf)> {
-    let found = (
-        find_program("mariadb-install-db"),
-        find_program("mariadbd"),
-        find_program("mariadb"),
-    );
+    let found = (find_program("mariadb-install-db"), find_program("mariadbd"), find_program("mariadb"));
     match found {
         (Some(install), Some(server), Some(client)) => Some((install, server, client)),
         _ => {
             if std::env::var("STRAIT_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
                 panic!("STRAIT_REQUIRE_EXTERNAL=1 but mariadb-install-db, mariadbd or mariadb is missing (apt-get install mariadb-server mariadb-client)");
             }
-            eprintln!("SKIPPED mysql_example: mariadbd is not installed (apt-get install mariadb-server mariadb-client)");
+            eprintln!(
+                "SKIPPED mysql_example: mariadbd is not installed (apt-get install mariadb-server mariadb-client)"
+            );
             None
         }
     }
@@ -145,19 +143,18 @@ fn mysql_example_from_the_seed_works_through_strait() {
     // "127.0.0.1:<port>" (the seed's 9101).
     let port_9100 = free_port();
     let port_9101 = free_port();
-    let strait = Strait::start(
-        Config::new()
-            .listen_port(port_9100)
-            .listen(SocketAddr::new(LOCALHOST, port_9101)),
+    let strait = Strait::start(Config::new().listen_port(port_9100).listen(SocketAddr::new(LOCALHOST, port_9101)));
+    strait.put_route(
+        "1",
+        json!({
+            "server_addr": "127.0.0.1",
+            "server_port": port_9101,
+            "upstream": {
+                "nodes": {db.addr().to_string(): 1},
+                "type": "roundrobin"
+            }
+        }),
     );
-    strait.put_route("1", json!({
-        "server_addr": "127.0.0.1",
-        "server_port": port_9101,
-        "upstream": {
-            "nodes": {db.addr().to_string(): 1},
-            "type": "roundrobin"
-        }
-    }));
     let proxied = SocketAddr::new(LOCALHOST, port_9101);
     wait_until("MariaDB greets through the route", || {
         try_connect(proxied)

@@ -43,15 +43,16 @@ fn no_matching_route_closes_without_writing() {
     // The upstream greets first, so a wrongly proxied connection would get bytes.
     let greeter = Upstream::greeter(b"you should not see this\n");
     let (strait, listen) = proxy_with_one_listener();
-    strait.put_route("1", json!({
-        "remote_addr": "127.0.0.2",
-        "upstream": {"type": "roundrobin", "nodes": {greeter.addr.to_string(): 1}}
-    }));
+    strait.put_route(
+        "1",
+        json!({
+            "remote_addr": "127.0.0.2",
+            "upstream": {"type": "roundrobin", "nodes": {greeter.addr.to_string(): 1}}
+        }),
+    );
     // The route is in force once a matching client gets the greeting.
     wait_until("the route from 127.0.0.2 is in force", || {
-        try_connect_from(v4(127, 0, 0, 2), listen)
-            .and_then(|mut s| read_line(&mut s))
-            .is_ok()
+        try_connect_from(v4(127, 0, 0, 2), listen).and_then(|mut s| read_line(&mut s)).is_ok()
     });
     let accepted_before = greeter.accepted();
 
@@ -146,12 +147,15 @@ fn all_filters_of_a_route_must_match() {
     let port = free_port();
     let other_port = free_port();
     let strait = Strait::start(Config::new().listen_port(port).listen_port(other_port));
-    strait.put_route("1", json!({
-        "server_addr": "127.0.0.1",
-        "server_port": port,
-        "remote_addr": "127.0.0.5",
-        "upstream": upstream_of(&[(echo.addr, 1)])
-    }));
+    strait.put_route(
+        "1",
+        json!({
+            "server_addr": "127.0.0.1",
+            "server_port": port,
+            "remote_addr": "127.0.0.5",
+            "upstream": upstream_of(&[(echo.addr, 1)])
+        }),
+    );
     let to = |ip: IpAddr, p: u16| SocketAddr::new(ip, p);
     wait_until("the three-filter route is in force", || {
         let Ok(mut s) = try_connect_from(v4(127, 0, 0, 5), to(LOCALHOST, port)) else { return false };
@@ -347,9 +351,8 @@ fn weighted_round_robin_one_to_three_gives_ten_to_thirty() {
     strait.put_route("1", route_to(&[(a.addr, 1), (b.addr, 3)]));
     wait_until("the route is in force", || try_name(listen).is_ok());
 
-    let names: Vec<String> = (0..40).map(|i| {
-        try_name(listen).unwrap_or_else(|e| panic!("connection {i}: {e}"))
-    }).collect();
+    let names: Vec<String> =
+        (0..40).map(|i| try_name(listen).unwrap_or_else(|e| panic!("connection {i}: {e}"))).collect();
     let count_a = names.iter().filter(|n| *n == "a").count();
     let count_b = names.iter().filter(|n| *n == "b").count();
     assert_eq!((count_a, count_b), (10, 30), "sequence: {names:?}");

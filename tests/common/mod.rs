@@ -101,10 +101,7 @@ pub struct TempDir {
 impl TempDir {
     pub fn new(label: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let path = std::env::temp_dir().join(format!(
             "strait-e2e-{label}-{}-{}-{nanos}",
             std::process::id(),
@@ -139,6 +136,8 @@ pub struct Config {
     pub proxy_mode: String,
     /// `apisix.stream_proxy.tcp` items, already in YAML (`9100`, `"127.0.0.1:9101"`).
     pub tcp: Vec<String>,
+    /// `apisix.stream_proxy.udp` items, already in YAML.
+    pub udp: Vec<String>,
     pub admin: SocketAddr,
     pub admin_key: String,
     pub worker_processes: String,
@@ -149,13 +148,11 @@ impl Config {
     /// proxy_mode stream, no listeners yet, one worker (so balancing is exact),
     /// admin API on a free loopback port.
     pub fn new() -> Config {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         Config {
             proxy_mode: "stream".into(),
             tcp: Vec::new(),
+            udp: Vec::new(),
             admin: SocketAddr::new(LOCALHOST, free_port()),
             admin_key: format!("e2eKey{:x}{}", nanos, std::process::id()),
             worker_processes: "1".into(),
@@ -166,6 +163,12 @@ impl Config {
     /// Adds a `"ip:port"` (or `"[v6]:port"`) listener.
     pub fn listen(mut self, addr: SocketAddr) -> Config {
         self.tcp.push(format!("\"{addr}\""));
+        self
+    }
+
+    /// Adds a `"ip:port"` UDP listener.
+    pub fn listen_udp(mut self, addr: SocketAddr) -> Config {
+        self.udp.push(format!("\"{addr}\""));
         self
     }
 
@@ -194,17 +197,19 @@ impl Config {
         let mut y = String::new();
         y.push_str("apisix:\n");
         y.push_str(&format!("  proxy_mode: \"{}\"\n", self.proxy_mode));
-        if !self.tcp.is_empty() {
-            y.push_str("  stream_proxy:\n    tcp:\n");
-            for item in &self.tcp {
-                y.push_str(&format!("      - {item}\n"));
+        if !self.tcp.is_empty() || !self.udp.is_empty() {
+            y.push_str("  stream_proxy:\n");
+            for (key, items) in [("tcp", &self.tcp), ("udp", &self.udp)] {
+                if !items.is_empty() {
+                    y.push_str(&format!("    {key}:\n"));
+                    for item in items {
+                        y.push_str(&format!("      - {item}\n"));
+                    }
+                }
             }
         }
         y.push_str("deployment:\n  admin:\n    admin_key:\n");
-        y.push_str(&format!(
-            "      - name: admin\n        key: \"{}\"\n        role: admin\n",
-            self.admin_key
-        ));
+        y.push_str(&format!("      - name: admin\n        key: \"{}\"\n        role: admin\n", self.admin_key));
         y.push_str(&format!(
             "    admin_listen:\n      ip: \"{}\"\n      port: {}\n",
             self.admin.ip(),
@@ -251,11 +256,7 @@ pub fn run_strait(args: &[&str]) -> Output {
 
 /// stdout and stderr of a finished command, joined, lossy UTF-8.
 pub fn all_output(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// A running `strait` process.
@@ -285,11 +286,7 @@ impl Strait {
     /// at `config.admin` with `config.admin_key`.
     pub fn spawn(dir: TempDir, config: Config, config_path: PathBuf) -> Strait {
         let stderr_path = dir.path().join("strait.stderr");
-        let stderr = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr_path)
-            .expect("open stderr log");
+        let stderr = fs::OpenOptions::new().create(true).append(true).open(&stderr_path).expect("open stderr log");
         let child = Command::new(BIN)
             .arg("-c")
             .arg(&config_path)
@@ -299,13 +296,7 @@ impl Strait {
             .stderr(stderr)
             .spawn()
             .expect("spawn strait");
-        let mut strait = Strait {
-            child: Some(child),
-            config,
-            config_path,
-            stderr_path,
-            dir: Some(dir),
-        };
+        let mut strait = Strait { child: Some(child), config, config_path, stderr_path, dir: Some(dir) };
         strait.wait_ready();
         strait
     }
@@ -315,10 +306,7 @@ impl Strait {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.try_exit() {
-                panic!(
-                    "strait exited during start-up with {status}\n--- stderr ---\n{}",
-                    self.stderr()
-                );
+                panic!("strait exited during start-up with {status}\n--- stderr ---\n{}", self.stderr());
             }
             if TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_ok() {
                 return;
@@ -379,10 +367,7 @@ impl Strait {
                 "strait exited with {status} after SIGTERM\n--- stderr ---\n{}",
                 self.stderr()
             ),
-            None => panic!(
-                "strait did not exit within 30 s of SIGTERM\n--- stderr ---\n{}",
-                self.stderr()
-            ),
+            None => panic!("strait did not exit within 30 s of SIGTERM\n--- stderr ---\n{}", self.stderr()),
         }
         self.child = None;
         self.dir.take().expect("dir")
@@ -397,19 +382,13 @@ impl Strait {
     /// PUT a stream route; panics unless the API answers 200 or 201.
     pub fn put_route(&self, id: &str, route: Value) -> Value {
         let (status, body) = self.api("PUT", &format!("/apisix/admin/stream_routes/{id}"), Some(&route));
-        assert!(
-            status == 200 || status == 201,
-            "PUT stream route {id} answered {status}: {body}"
-        );
+        assert!(status == 200 || status == 201, "PUT stream route {id} answered {status}: {body}");
         body
     }
 
     pub fn put_upstream(&self, id: &str, upstream: Value) -> Value {
         let (status, body) = self.api("PUT", &format!("/apisix/admin/upstreams/{id}"), Some(&upstream));
-        assert!(
-            status == 200 || status == 201,
-            "PUT upstream {id} answered {status}: {body}"
-        );
+        assert!(status == 200 || status == 201, "PUT upstream {id} answered {status}: {body}");
         body
     }
 }
@@ -456,10 +435,7 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -472,18 +448,14 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body:
         request.push_str(&format!("X-API-KEY: {key}\r\n"));
     }
     if !body.is_empty() || method == "PUT" || method == "POST" || method == "PATCH" {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
+        request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
     }
     request.push_str("\r\n");
     request.push_str(body);
     stream.write_all(request.as_bytes()).expect("send HTTP request");
     let raw = read_to_end(&mut stream);
-    parse_response(&raw).unwrap_or_else(|e| {
-        panic!("bad HTTP response to {method} {path}: {e}\n{}", String::from_utf8_lossy(&raw))
-    })
+    parse_response(&raw)
+        .unwrap_or_else(|e| panic!("bad HTTP response to {method} {path}: {e}\n{}", String::from_utf8_lossy(&raw)))
 }
 
 /// Like [`http`] but the body parsed as JSON (`Value::Null` when empty, a JSON
@@ -500,10 +472,7 @@ pub fn http_json(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, 
 }
 
 fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of headers")?;
     let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers are not UTF-8")?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().ok_or("no status line")?;
@@ -512,14 +481,12 @@ fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
     let rest = &raw[end + 4..];
-    let chunked = headers.iter().any(|(n, v)| {
-        n.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
-    });
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked"));
     let body = if chunked {
         dechunk(rest)?
     } else if let Some((_, len)) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-length")) {
@@ -537,10 +504,7 @@ fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
 fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("chunk size line not terminated")?;
+        let line_end = data.windows(2).position(|w| w == b"\r\n").ok_or("chunk size line not terminated")?;
         let size_text = std::str::from_utf8(&data[..line_end]).map_err(|_| "bad chunk size")?;
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
             .map_err(|_| format!("bad chunk size {size_text:?}"))?;
@@ -598,18 +562,14 @@ pub fn reset(stream: TcpStream) {
 /// Reads until EOF; panics on timeout or error.
 pub fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
     let mut data = Vec::new();
-    stream
-        .read_to_end(&mut data)
-        .unwrap_or_else(|e| panic!("read to EOF failed after {} bytes: {e}", data.len()));
+    stream.read_to_end(&mut data).unwrap_or_else(|e| panic!("read to EOF failed after {} bytes: {e}", data.len()));
     data
 }
 
 /// Reads exactly `n` bytes; panics on EOF, timeout or error.
 pub fn read_exact(stream: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut data = vec![0; n];
-    stream
-        .read_exact(&mut data)
-        .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
+    stream.read_exact(&mut data).unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
     data
 }
 
@@ -663,9 +623,7 @@ pub fn expect_closed_without_bytes(stream: &mut TcpStream) -> Closed {
 /// data arrives (a route is still in force). For polling.
 pub fn closes_without_bytes(addr: SocketAddr) -> bool {
     let Ok(mut stream) = try_connect(addr) else { return false };
-    stream
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("set read timeout");
+    stream.set_read_timeout(Some(Duration::from_millis(300))).expect("set read timeout");
     let mut buf = [0u8; 16];
     match stream.read(&mut buf) {
         Ok(0) => true,
@@ -702,9 +660,7 @@ pub fn try_name(addr: SocketAddr) -> io::Result<String> {
 
 /// Polls until a new connection to `addr` reaches the upstream named `name`.
 pub fn wait_name(addr: SocketAddr, name: &str) {
-    wait_until(&format!("{addr} reaches upstream {name:?}"), || {
-        try_name(addr).map(|n| n == name).unwrap_or(false)
-    });
+    wait_until(&format!("{addr} reaches upstream {name:?}"), || try_name(addr).map(|n| n == name).unwrap_or(false));
 }
 
 // ---------------------------------------------------------------------------
@@ -731,7 +687,7 @@ impl Upstream {
     where
         F: Fn(TcpStream, &Stats) + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("upstream bind {bind}: {e}"));
+        let listener = listen_with_backlog(bind).unwrap_or_else(|e| panic!("upstream bind {bind}: {e}"));
         let addr = listener.local_addr().expect("local addr");
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -754,12 +710,10 @@ impl Upstream {
                         stats.open.fetch_add(1, Ordering::SeqCst);
                         let stats = stats.clone();
                         let handler = handler.clone();
-                        let spawned = thread::Builder::new()
-                            .stack_size(256 * 1024)
-                            .spawn(move || {
-                                handler(conn, &stats);
-                                stats.open.fetch_sub(1, Ordering::SeqCst);
-                            });
+                        let spawned = thread::Builder::new().stack_size(256 * 1024).spawn(move || {
+                            handler(conn, &stats);
+                            stats.open.fetch_sub(1, Ordering::SeqCst);
+                        });
                         if spawned.is_err() {
                             eprintln!("upstream {addr}: could not spawn a connection thread");
                         }
@@ -814,6 +768,19 @@ impl Drop for Upstream {
         // Wake the accept loop so it sees the flag and closes the listener.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
     }
+}
+
+/// std's listeners queue only 128 connections; tests open hundreds at once,
+/// and an overflowing queue delays connections by SYN-ACK retransmits.
+fn listen_with_backlog(bind: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.bind(&bind.into())?;
+    socket.listen(2048)?;
+    Ok(socket.into())
 }
 
 fn echo_loop(conn: &mut TcpStream, stats: &Stats) {
