@@ -38,6 +38,7 @@ mod config_store;
 pub mod control;
 mod dispatch;
 mod envelope;
+pub mod etcd;
 mod kind;
 mod list;
 mod patch;
