@@ -3,6 +3,7 @@
 //! lives in a crate (engine, io, admin).
 
 mod cli;
+mod config_source;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::net::{IpAddr, ToSocketAddrs};
@@ -64,12 +65,11 @@ fn run(config_path: &Path) -> Result<(), String> {
     let mut config = load_config(config_path)?;
     strait_admin::ensure_admin_key(config_path, &mut config);
 
-    let data_dir = resolve_beside(config_path, &config.data_dir);
-    let store = strait_admin::FileStore::open(&data_dir).map_err(|e| e.to_string())?;
+    let source = config_source::Source::open(config_path, &config, process_seed())?;
     let version = Arc::new(AtomicU64::new(1));
     // Node health and least_conn counts outlive every snapshot and are seen by every worker.
     let shared = SharedState::default();
-    let snapshot = build_snapshot(version.fetch_add(1, Ordering::Relaxed), &store.resources(), &shared);
+    let snapshot = build_snapshot(version.fetch_add(1, Ordering::Relaxed), &source.initial_resources(), &shared);
 
     let listeners: Vec<ListenSpec> = if config.proxy_mode.stream_enabled() {
         config.tcp.iter().chain(config.udp.iter()).cloned().collect()
@@ -111,25 +111,13 @@ fn run(config_path: &Path) -> Result<(), String> {
             .ok()
     });
 
-    let admin = if config.admin.enabled {
-        let publisher = workers.publisher();
-        let on_change: strait_admin::OnChange = Box::new(move |resources: &Resources| {
-            let snapshot = build_snapshot(version.fetch_add(1, Ordering::Relaxed), resources, &shared);
-            *latest.lock().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
-            publisher.publish(snapshot);
-        });
-        let options = strait_admin::AdminOptions {
-            settings: config.admin.clone(),
-            proxy_mode: config.proxy_mode,
-            read_only: None,
-        };
-        Some(
-            strait_admin::spawn(options, store, strait_admin::Publish::Direct(on_change))
-                .map_err(|e| format!("admin API on {}: {e}", config.admin.listen))?,
-        )
-    } else {
-        None
-    };
+    let publisher = workers.publisher();
+    let publish: config_source::PublishFn = Box::new(move |resources: &Resources| {
+        let snapshot = build_snapshot(version.fetch_add(1, Ordering::Relaxed), resources, &shared);
+        *latest.lock().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
+        publisher.publish(snapshot);
+    });
+    let admin = source.start(&config, publish)?;
 
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -161,7 +149,7 @@ fn build_snapshot(version: u64, resources: &Resources, shared: &SharedState) -> 
 }
 
 /// A relative `strait.data_dir` is taken relative to the config file's folder.
-fn resolve_beside(config_path: &Path, dir: &str) -> PathBuf {
+pub(crate) fn resolve_beside(config_path: &Path, dir: &str) -> PathBuf {
     let dir = Path::new(dir);
     if dir.is_absolute() {
         return dir.to_path_buf();

@@ -45,6 +45,7 @@ mod patch;
 mod request;
 mod resources;
 mod server;
+pub mod standalone;
 mod store;
 mod validate;
 
