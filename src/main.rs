@@ -68,7 +68,10 @@ fn run(config_path: &Path) -> Result<(), String> {
     let source = config_source::Source::open(config_path, &config, process_seed())?;
     let version = Arc::new(AtomicU64::new(1));
     // Node health and least_conn counts outlive every snapshot and are seen by every worker.
-    let shared = SharedState::default();
+    let mut shared = SharedState::default();
+    // Upstreams with `tls.verify: true` and no `tls.ca_certs` trust the system's
+    // roots; the engine reads no files, so the bundle is read here, once.
+    shared.tls.system_roots_pem = system_roots_pem();
     let snapshot = build_snapshot(version.fetch_add(1, Ordering::Relaxed), &source.initial_resources(), &shared);
 
     let listeners: Vec<ListenSpec> = if config.proxy_mode.stream_enabled() {
@@ -90,6 +93,8 @@ fn run(config_path: &Path) -> Result<(), String> {
         udp_idle_timeout: config.udp_idle_timeout,
         udp_sessions_max: config.udp_sessions_max,
         udp_proxy_responses: config.udp_proxy_responses,
+        tls_handshake_timeout: config.tls.handshake_timeout,
+        fallback_sni: config.tls.fallback_sni.clone(),
         ..EngineConfig::default()
     };
     log::info!("engine seed {} (worker i uses seed + i)", engine.seed);
@@ -146,6 +151,13 @@ fn build_snapshot(version: u64, resources: &Resources, shared: &SharedState) -> 
     }
     log::debug!("config version {version}: {} stream routes", snapshot.routes().len());
     Arc::new(snapshot)
+}
+
+/// The system's CA bundle (Debian's path first), for `tls.verify: true`.
+fn system_roots_pem() -> Option<Arc<str>> {
+    const BUNDLES: [&str; 3] =
+        ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+    BUNDLES.iter().find_map(|path| std::fs::read_to_string(path).ok()).map(Arc::from)
 }
 
 /// A relative `strait.data_dir` is taken relative to the config file's folder.

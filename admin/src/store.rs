@@ -125,6 +125,7 @@ impl FileStore {
             stream_routes: list("stream_routes"),
             upstreams: list("upstreams"),
             services: list("services"),
+            ssls: list("ssls"),
         }
     }
 
@@ -215,7 +216,14 @@ impl FileStore {
     fn persist(&self) -> Result<(), StoreError> {
         let bytes = encode(&self.state);
         let temp = self.dir.join(TEMP_NAME);
-        let mut file = File::create(&temp).map_err(io_error(&temp))?;
+        // 0600: the store holds private keys (ssls key/keys, upstream client_key),
+        // which other local users must not read. A temp file left over by a
+        // crash may carry an older mode, so it is removed first.
+        let _ = fs::remove_file(&temp);
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp).map_err(io_error(&temp))?
+        };
         file.write_all(&bytes).map_err(io_error(&temp))?;
         file.sync_all().map_err(io_error(&temp))?;
         drop(file);
@@ -337,6 +345,16 @@ fn decode(bytes: &[u8]) -> Result<State, String> {
 mod tests {
     use super::*;
     use crate::testutil::TempDir;
+
+    #[test]
+    fn the_store_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("store-mode");
+        let mut store = FileStore::open(dir.path()).unwrap();
+        store.put("ssls", "1", json!({"key": "-----BEGIN PRIVATE KEY-----"})).unwrap();
+        let mode = fs::metadata(store.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "private keys are stored mode 0600");
+    }
 
     #[test]
     fn a_write_survives_reopening() {

@@ -90,11 +90,27 @@ pub enum CloseReason {
     NoUpstreamNode,
     IdleTimeout,
     Shutdown,
+    /// A TLS listener: no stream route for the ClientHello's SNI.
+    NoRoute,
+    /// A TLS listener: the client sent something other than a ClientHello, or
+    /// a ClientHello over the size cap.
+    NotTls,
+    /// The TLS handshake was refused or failed (no SNI, no certificate, client
+    /// certificate missing or foreign); the client got an alert.
+    TlsRefused,
+    /// A handshake did not finish within `strait.tls.handshake_timeout`.
+    HandshakeTimeout,
+    /// A TLS record from an established peer was bad, or the upstream's TLS
+    /// handshake failed.
+    TlsError,
 }
 
 impl CloseReason {
     /// Endings that are not a clean close of both directions reset the peers.
     pub fn resets(self) -> bool {
-        matches!(self, CloseReason::ClientReset | CloseReason::UpstreamReset | CloseReason::Shutdown)
+        matches!(
+            self,
+            CloseReason::ClientReset | CloseReason::UpstreamReset | CloseReason::Shutdown | CloseReason::TlsError
+        )
     }
 }

@@ -11,8 +11,8 @@ use crate::health::HealthEvent;
 use crate::ids::{ConnId, ListenerId, SessionId, Side};
 use crate::rng::Rng;
 use crate::router::MatchInput;
-use crate::snapshot::{ResolvedUpstream, RouteTarget, Snapshot};
-use crate::tcp::conn::{Ctx, Outcome, TcpConn};
+use crate::snapshot::{ResolvedUpstream, Snapshot};
+use crate::tcp::conn::{Ctx, ListenTls, Outcome, TcpConn};
 use crate::time::Time;
 use crate::udp::session::{SessionTable, UdpSession};
 use slab::Slab;
@@ -41,6 +41,14 @@ pub struct EngineConfig {
     pub udp_proxy_responses: u32,
     /// Run active health probes from this engine (one worker per process does).
     pub run_active_checks: bool,
+    /// `strait.tls.handshake_timeout`: from accept to a finished client
+    /// handshake (ClientHello peek included), and from connect to a finished
+    /// upstream handshake.
+    pub tls_handshake_timeout: Duration,
+    /// `apisix.ssl.fallback_sni`: the SNI assumed when a TLS client sends none
+    /// (certificate choice and routing; spec §1.7). Not applied to plaintext
+    /// connections (spec §8.8).
+    pub fallback_sni: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +62,8 @@ impl Default for EngineConfig {
             udp_idle_timeout: Duration::from_secs(600),
             udp_proxy_responses: 0,
             run_active_checks: true,
+            tls_handshake_timeout: crate::tls::DEFAULT_HANDSHAKE_TIMEOUT,
+            fallback_sni: None,
         }
     }
 }
@@ -172,9 +182,18 @@ impl Engine {
         local: SocketAddr,
         peer: SocketAddr,
     ) -> Result<ConnId, Refusal> {
-        self.listening_on(listener, Protocol::Tcp).ok_or(Refusal::NotAccepting)?;
+        let spec = self.listening_on(listener, Protocol::Tcp).ok_or(Refusal::NotAccepting)?;
+        let listen_tls = match (spec.tls, spec.tls_passthrough) {
+            (false, false) => ListenTls::Plain,
+            (true, false) => ListenTls::Terminate,
+            (false, true) => ListenTls::Passthrough,
+            (true, true) => ListenTls::Mixed,
+        };
         if self.conns.len() >= self.config.max_connections {
             return Err(Refusal::TooManyConnections);
+        }
+        if listen_tls != ListenTls::Plain {
+            return Ok(self.accept_tls(now, listener, local, peer, listen_tls));
         }
         let (route_id, upstream) = match self.route(local, peer) {
             Ok(found) => found,
@@ -194,6 +213,8 @@ impl Engine {
             actions: &mut self.actions,
             balancers: &mut self.balancers,
             rng: &mut self.rng,
+            snapshot: &self.snapshot,
+            config: &self.config,
         };
         match TcpConn::start(&mut ctx, id, listener, local, peer, route_id, upstream) {
             Ok(conn) => {
@@ -206,6 +227,36 @@ impl Engine {
                 Err(Refusal::NoUpstream)
             }
         }
+    }
+
+    /// A connection on a `tls` / `tls_passthrough` listener: routed once its
+    /// ClientHello is read, so nothing is connected yet.
+    fn accept_tls(
+        &mut self,
+        now: Time,
+        listener: ListenerId,
+        local: SocketAddr,
+        peer: SocketAddr,
+        listen: ListenTls,
+    ) -> ConnId {
+        let entry = self.conns.vacant_entry();
+        let index = entry.key();
+        if index >= self.generations.len() {
+            self.generations.resize(index + 1, 0);
+            self.conn_armed.resize(index + 1, None);
+        }
+        let mut ctx = Ctx {
+            now,
+            pool: &mut self.pool,
+            actions: &mut self.actions,
+            balancers: &mut self.balancers,
+            rng: &mut self.rng,
+            snapshot: &self.snapshot,
+            config: &self.config,
+        };
+        entry.insert(TcpConn::hello(&mut ctx, listener, local, peer, listen));
+        self.rearm_conn(index);
+        ConnId { index: index as u32, generation: self.generations[index] }
     }
 
     /// The upstream connect asked for by `Action::Connect` finished.
@@ -563,18 +614,7 @@ impl Engine {
     fn route(&self, local: SocketAddr, peer: SocketAddr) -> Result<(String, Arc<ResolvedUpstream>), DatagramDrop> {
         let input =
             MatchInput { server_addr: local.ip(), server_port: local.port(), remote_addr: peer.ip(), sni: None };
-        let (_, route, target) = self.snapshot.find_route(&input).ok_or(DatagramDrop::NoRoute)?;
-        match target {
-            RouteTarget::Upstream(upstream) if !upstream.addrs.is_empty() => Ok((route.id.clone(), upstream.clone())),
-            RouteTarget::Upstream(_) => {
-                log::error!("stream route [{}]: no valid upstream node", route.id);
-                Err(DatagramDrop::NoUpstream)
-            }
-            RouteTarget::Unavailable(why) => {
-                log::error!("stream route [{}]: {why}", route.id);
-                Err(DatagramDrop::NoUpstream)
-            }
-        }
+        self.snapshot.route(&input).map(|(route, upstream)| (route.id.clone(), upstream))
     }
 
     fn live_conn(&self, conn: ConnId) -> Option<usize> {
@@ -592,6 +632,8 @@ impl Engine {
             actions: &mut self.actions,
             balancers: &mut self.balancers,
             rng: &mut self.rng,
+            snapshot: &self.snapshot,
+            config: &self.config,
         };
         match f(&mut self.conns[index], &mut ctx) {
             Outcome::Open => self.rearm_conn(index),

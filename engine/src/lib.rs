@@ -38,6 +38,7 @@ pub mod router;
 pub mod snapshot;
 mod tcp;
 pub mod time;
+pub mod tls;
 mod udp;
 
 pub use action::{Action, CloseReason, ConnectError, DatagramDrop, ProbeId, Refusal, ReplyTo};

@@ -2,10 +2,13 @@
 //! upstream, immutable and shared by all workers (`Arc<Snapshot>`). Building
 //! one is the only place where config objects turn into engine state.
 
+use crate::action::DatagramDrop;
 use crate::balancer::{HashRing, LoadBoard};
 use crate::health::{HealthBoard, NodeHealth};
 use crate::model::{BalancerType, StreamRoute, Upstream};
 use crate::router::{MatchInput, Router};
+use crate::tls::certs::CertStore;
+use crate::tls::TlsEnv;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +21,8 @@ pub struct Resources {
     pub stream_routes: Vec<(String, Value)>,
     pub upstreams: Vec<(String, Value)>,
     pub services: Vec<(String, Value)>,
+    /// `/ssls`: certificates for TLS termination and upstream mTLS.
+    pub ssls: Vec<(String, Value)>,
 }
 
 /// An upstream with its nodes' addresses resolved and its shared state attached.
@@ -41,6 +46,9 @@ pub struct ResolvedUpstream {
     pub in_flight: Vec<Arc<AtomicU32>>,
     /// For chash: the APISIX-compatible ring.
     pub ring: Option<HashRing>,
+    /// For `scheme: tls`: the client config, built once per snapshot, or why
+    /// it could not be built (connections to this upstream are then refused).
+    pub tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 impl PartialEq for ResolvedUpstream {
@@ -55,6 +63,8 @@ impl PartialEq for ResolvedUpstream {
 pub struct SharedState {
     pub health: HealthBoard,
     pub load: LoadBoard,
+    /// TLS's crypto and time providers and the system's CA bundle.
+    pub tls: TlsEnv,
 }
 
 /// Where a matched route sends its connections.
@@ -74,6 +84,8 @@ pub struct Snapshot {
     upstream_keys: Vec<String>,
     /// Every upstream of this config: `/upstreams` objects and inline ones.
     upstreams: Vec<Arc<ResolvedUpstream>>,
+    /// Server certificates by SNI and client certificates by id.
+    certs: CertStore,
 }
 
 /// Turns a node host into addresses. The engine does no I/O, so name
@@ -89,6 +101,7 @@ impl Snapshot {
             router: Router::new(&[]),
             upstream_keys: Vec::new(),
             upstreams: Vec::new(),
+            certs: CertStore::default(),
         }
     }
 
@@ -107,7 +120,9 @@ impl Snapshot {
         resolve: Resolver<'_>,
         shared: &SharedState,
     ) -> (Snapshot, Vec<String>) {
-        let mut builder = Builder { resolve, shared, warnings: Vec::new(), all: Vec::new() };
+        let mut warnings = Vec::new();
+        let certs = CertStore::build(&resources.ssls, &shared.tls, &mut warnings);
+        let mut builder = Builder { resolve, shared, warnings, all: Vec::new(), certs: &certs };
         let mut upstreams: HashMap<&str, Arc<ResolvedUpstream>> = HashMap::new();
         for (id, value) in &resources.upstreams {
             match Upstream::from_json(value) {
@@ -145,7 +160,7 @@ impl Snapshot {
         upstream_keys.sort();
         upstream_keys.dedup();
         let Builder { warnings, all, .. } = builder;
-        (Snapshot { version, routes, targets, router, upstream_keys, upstreams: all }, warnings)
+        (Snapshot { version, routes, targets, router, upstream_keys, upstreams: all, certs }, warnings)
     }
 
     pub fn routes(&self) -> &[StreamRoute] {
@@ -156,6 +171,34 @@ impl Snapshot {
     pub fn find_route(&self, input: &MatchInput<'_>) -> Option<(usize, &StreamRoute, &RouteTarget)> {
         let index = self.router.find(input)?;
         Some((index, &self.routes[index], &self.targets[index]))
+    }
+
+    /// The route a new connection takes and its usable upstream. Refusals are
+    /// logged here, with the route's id.
+    pub fn route(&self, input: &MatchInput<'_>) -> Result<(&StreamRoute, Arc<ResolvedUpstream>), DatagramDrop> {
+        let (_, route, target) = self.find_route(input).ok_or(DatagramDrop::NoRoute)?;
+        match target {
+            RouteTarget::Upstream(upstream) if upstream.addrs.is_empty() => {
+                log::error!("stream route [{}]: no valid upstream node", route.id);
+                Err(DatagramDrop::NoUpstream)
+            }
+            RouteTarget::Upstream(upstream) => match &upstream.tls {
+                Some(Err(why)) => {
+                    log::error!("stream route [{}]: TLS to the upstream cannot be set up: {why}", route.id);
+                    Err(DatagramDrop::NoUpstream)
+                }
+                _ => Ok((route, upstream.clone())),
+            },
+            RouteTarget::Unavailable(why) => {
+                log::error!("stream route [{}]: {why}", route.id);
+                Err(DatagramDrop::NoUpstream)
+            }
+        }
+    }
+
+    /// The certificate store of this config.
+    pub fn certs(&self) -> &CertStore {
+        &self.certs
     }
 
     /// The target of the route at `index` (as returned by `find_route`).
@@ -179,6 +222,7 @@ struct Builder<'a, 'r> {
     shared: &'a SharedState,
     warnings: Vec<String>,
     all: Vec<Arc<ResolvedUpstream>>,
+    certs: &'a CertStore,
 }
 
 impl Builder<'_, '_> {
@@ -231,7 +275,15 @@ impl Builder<'_, '_> {
             health: Vec::new(),
             in_flight: Vec::new(),
             ring: None,
+            tls: None,
         };
+        if resolved.config.scheme.as_deref() == Some("tls") {
+            let built = crate::tls::upstream::client_config(resolved.config.tls.as_ref(), self.certs, &self.shared.tls);
+            if let Err(why) = &built {
+                self.warnings.push(format!("{}: TLS to the upstream cannot be set up: {why}", resolved.key));
+            }
+            resolved.tls = Some(built);
+        }
         for node in &resolved.config.nodes {
             let ip = match node.bare_host().parse::<IpAddr>() {
                 Ok(ip) => Some(ip),
@@ -282,7 +334,7 @@ mod tests {
                 ("4".into(), json!({"server_port": 70000})),
             ],
             upstreams: vec![("u1".into(), json!({"nodes": {"127.0.0.1:1995": 1}}))],
-            services: vec![],
+            ..Default::default()
         };
         let mut resolver = |host: &str| {
             if host == "localhost" {

@@ -14,10 +14,30 @@ fn engine_depends_on_no_io_crate() {
         .expect("cargo tree runs");
     assert!(output.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&output.stderr));
     let tree = String::from_utf8_lossy(&output.stdout);
-    for forbidden in ["mio ", "tokio ", "socket2 ", "tiny_http ", "turmoil ", "libc ", "ureq "] {
+    for forbidden in ["mio ", "tokio ", "socket2 ", "tiny_http ", "turmoil ", "ureq "] {
         assert!(
             !tree.lines().any(|l| l.starts_with(forbidden)),
             "strait-engine must not depend on {forbidden}:\n{tree}"
+        );
+    }
+}
+
+/// libc may come in only as the crypto provider's OS randomness (ring →
+/// getrandom), which the engine reaches through the injectable provider
+/// (`tls::TlsEnv`), never directly.
+#[test]
+fn libc_comes_only_through_the_crypto_providers_randomness() {
+    let output = Command::new(env!("CARGO"))
+        .args(["tree", "-p", "strait-engine", "-e", "normal", "-i", "libc", "--prefix", "none", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree runs");
+    let tree = String::from_utf8_lossy(&output.stdout);
+    let allowed = ["libc ", "getrandom ", "ring ", "rustls ", "rustls-webpki ", "strait-engine "];
+    for line in tree.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            allowed.iter().any(|a| line.starts_with(a)),
+            "libc reaches strait-engine through {line} (only ring's getrandom may bring it):\n{tree}"
         );
     }
 }

@@ -5,9 +5,11 @@
 
 mod deployment;
 mod listen;
+mod tls;
 mod yaml;
 
 pub use deployment::{ConfigProvider, Deployment, EtcdEndpoint, EtcdSettings, EtcdTls, Role};
 
 pub use listen::{parse_listen_list, ListenSpec, Protocol};
+pub use tls::TlsSettings;
 pub use yaml::{AdminKey, AdminRole, AdminSettings, ConfigError, ProxyMode, StraitConfig, WorkerProcesses};

@@ -78,6 +78,8 @@ pub struct StraitConfig {
     pub control_listen: Option<SocketAddr>,
     /// `deployment.role` and where the objects come from (deployment.rs).
     pub deployment: super::deployment::Deployment,
+    /// `apisix.ssl.fallback_sni`, `strait.tls.handshake_timeout` (tls.rs).
+    pub tls: super::tls::TlsSettings,
 }
 
 /// A config.yaml error: which key, and what is wrong with it.
@@ -248,6 +250,23 @@ impl StraitConfig {
         };
         let control_listen = control_enabled.then_some(SocketAddr::new(control_ip, control_port));
         let deployment = super::deployment::parse_deployment(&root)?;
+        let mut tls = super::tls::TlsSettings::default();
+        match lookup(&root, "apisix.ssl.fallback_sni") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => {
+                tls.fallback_sni =
+                    Some(super::tls::parse_fallback_sni(s).map_err(|m| error("apisix.ssl.fallback_sni", m))?)
+            }
+            Some(other) => {
+                return Err(error("apisix.ssl.fallback_sni", format!("must be a host name, got {}", show(other))))
+            }
+        }
+        if let Some(v) = lookup(&root, "strait.tls.handshake_timeout").filter(|v| !v.is_null()) {
+            tls.handshake_timeout = parse_duration(v).map_err(|m| error("strait.tls.handshake_timeout", m))?;
+            if tls.handshake_timeout.is_zero() {
+                return Err(error("strait.tls.handshake_timeout", "must be greater than 0"));
+            }
+        }
         Ok(StraitConfig {
             proxy_mode,
             tcp,
@@ -263,6 +282,7 @@ impl StraitConfig {
             udp_proxy_responses,
             control_listen,
             deployment,
+            tls,
         })
     }
 

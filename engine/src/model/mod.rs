@@ -15,5 +15,5 @@ pub mod upstream;
 pub use ip::IpMatch;
 pub use route::StreamRoute;
 pub use service::Service;
-pub use ssl::{Ssl, SslType};
-pub use upstream::{BalancerType, Node, Upstream, UpstreamTimeout};
+pub use ssl::{Ssl, SslClient, SslType};
+pub use upstream::{BalancerType, Node, Upstream, UpstreamTimeout, UpstreamTls};

@@ -17,6 +17,9 @@ pub struct StreamRoute {
     pub upstream: Option<Upstream>,
     pub upstream_id: Option<String>,
     pub service_id: Option<String>,
+    /// Strait extension (spec §4.6.4): on a listener with both `tls` and
+    /// `tls_passthrough`, this route forwards the TLS bytes untouched.
+    pub tls_passthrough: bool,
 }
 
 const ROUTE_PROPERTIES: &[&str] = &[
@@ -93,11 +96,11 @@ impl StreamRoute {
         if object.contains_key("protocol") {
             return Err("xRPC (protocol) is not supported by Strait".into());
         }
-        if let Some(flag) = object.get("tls_passthrough") {
-            if !flag.is_boolean() {
-                return Err(in_property("tls_passthrough", wrong_type("boolean", flag)));
-            }
-        }
+        let tls_passthrough = match object.get("tls_passthrough") {
+            None => false,
+            Some(Value::Bool(flag)) => *flag,
+            Some(flag) => return Err(in_property("tls_passthrough", wrong_type("boolean", flag))),
+        };
         Ok(StreamRoute {
             id: id.to_string(),
             remote_addr,
@@ -107,6 +110,7 @@ impl StreamRoute {
             upstream,
             upstream_id,
             service_id,
+            tls_passthrough,
         })
     }
 }

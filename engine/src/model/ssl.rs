@@ -23,6 +23,21 @@ pub struct Ssl {
     pub snis: Vec<String>,
     /// `status: 0` disables the object for SNI matching.
     pub enabled: bool,
+    /// Extra certificate/key pairs for the same names (e.g. RSA beside ECDSA).
+    pub certs: Vec<String>,
+    pub keys: Vec<String>,
+    /// mTLS: clients must present a certificate chaining to `ca`.
+    pub client: Option<SslClient>,
+    /// `TLSv1.1`, `TLSv1.2`, `TLSv1.3`; empty = every version the server supports.
+    pub ssl_protocols: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SslClient {
+    /// PEM of the CA certificate(s) client certificates must chain to.
+    pub ca: String,
+    /// Longest accepted chain below the CA (nginx's `ssl_verify_depth`); APISIX's default is 1.
+    pub depth: u32,
 }
 
 const SSL_PROPERTIES: &[&str] = &[
@@ -54,7 +69,7 @@ fn pem_field<'a>(object: &'a Object, name: &str, min: usize) -> Result<Option<&'
     }
 }
 
-fn pem_list(object: &Object, name: &str, min: usize) -> Result<Option<usize>, String> {
+fn pem_list(object: &Object, name: &str, min: usize) -> Result<Option<Vec<String>>, String> {
     let Some(value) = object.get(name) else {
         return Ok(None);
     };
@@ -67,7 +82,7 @@ fn pem_list(object: &Object, name: &str, min: usize) -> Result<Option<usize>, St
             in_property(name, format!("failed to validate item {}: {inner}", index + 1))
         })?;
     }
-    Ok(Some(items.len()))
+    Ok(Some(items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect()))
 }
 
 fn sni_text(value: &Value) -> Result<String, String> {
@@ -119,17 +134,21 @@ impl Ssl {
         }
         let certs = pem_list(object, "certs", 128)?;
         let keys = pem_list(object, "keys", 64)?;
-        if certs.unwrap_or(0) != keys.unwrap_or(0) {
+        let (certs, keys) = (certs.unwrap_or_default(), keys.unwrap_or_default());
+        if certs.len() != keys.len() {
             return Err("mismatched number of certs and keys".into());
         }
+        let mut ssl_client = None;
         if let Some(client) = object.get("client") {
             let client = json::as_object(client).map_err(|e| in_property("client", e))?;
             json::only_properties(client, &["ca", "depth", "skip_mtls_uri_regex"])
                 .map_err(|e| in_property("client", e))?;
-            pem_field(client, "ca", 128)
+            let ca = pem_field(client, "ca", 128)
                 .map_err(|e| in_property("client", e))?
                 .ok_or_else(|| in_property("client", "property \"ca\" is required".into()))?;
-            json::integer_field(client, "depth", 0, i64::MAX).map_err(|e| in_property("client", e))?;
+            let depth = json::integer_field(client, "depth", 0, i64::MAX).map_err(|e| in_property("client", e))?;
+            ssl_client =
+                Some(SslClient { ca: ca.to_string(), depth: depth.unwrap_or(1).min(i64::from(u32::MAX)) as u32 });
         }
         let enabled = json::integer_field(object, "status", 0, 1)? != Some(0);
         if let Some(list) = object.get("ssl_protocols") {
@@ -160,7 +179,21 @@ impl Ssl {
                 }
             }
         }
-        Ok(Ssl { ssl_type, cert: cert.to_string(), key: key.to_string(), snis, enabled })
+        let ssl_protocols = match object.get("ssl_protocols").and_then(Value::as_array) {
+            Some(items) => items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect(),
+            None => Vec::new(),
+        };
+        Ok(Ssl {
+            ssl_type,
+            cert: cert.to_string(),
+            key: key.to_string(),
+            snis,
+            enabled,
+            certs,
+            keys,
+            client: ssl_client,
+            ssl_protocols,
+        })
     }
 }
 

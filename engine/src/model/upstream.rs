@@ -73,6 +73,22 @@ pub struct Upstream {
     /// this many replies; 1 suits DNS. `None` = the config.yaml default.
     pub proxy_responses: Option<u32>,
     pub checks: Option<HealthChecks>,
+    /// `tls`: client certificate and verification for `scheme: tls`.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// The upstream's `tls` object (spec §4.7) plus Strait's `verify` and `ca_certs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// PEM client certificate (chain) and key sent to the node (upstream mTLS).
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    /// Or an ssl object of `type: client` holding them.
+    pub client_cert_id: Option<String>,
+    /// Verify the node's certificate (APISIX ignores this for L4 and never verifies).
+    pub verify: bool,
+    /// PEM bundle of CAs to verify against; unset = the system's roots.
+    pub ca_certs: Option<String>,
 }
 
 /// nginx's stream defaults, which APISIX does not override (spec §1.3).
@@ -184,12 +200,50 @@ impl Upstream {
             Some(value) => Some(HealthChecks::from_json(value).map_err(|e| in_property("checks", e))?),
             None => None,
         };
-        if let Some(tls) = object.get("tls") {
-            json::as_object(tls).map_err(|e| in_property("tls", e))?;
-        }
+        let tls = match object.get("tls") {
+            Some(value) => Some(parse_tls(value).map_err(|e| in_property("tls", e))?),
+            None => None,
+        };
         let proxy_responses = json::integer_field(object, "proxy_responses", 0, i64::from(u32::MAX))?.map(|n| n as u32);
-        Ok(Upstream { nodes, balancer, hash_on, key, retries, retry_timeout, timeout, scheme, proxy_responses, checks })
+        Ok(Upstream {
+            nodes,
+            balancer,
+            hash_on,
+            key,
+            retries,
+            retry_timeout,
+            timeout,
+            scheme,
+            proxy_responses,
+            checks,
+            tls,
+        })
     }
+}
+
+fn parse_tls(value: &Value) -> Result<UpstreamTls, String> {
+    let object = json::as_object(value)?;
+    json::only_properties(object, &["client_cert", "client_key", "client_cert_id", "verify", "ca_certs"])?;
+    let text = |name: &str, min: usize| json::string_field(object, name, min, 65536).map(|s| s.map(str::to_string));
+    let tls = UpstreamTls {
+        client_cert: text("client_cert", 128)?,
+        client_key: text("client_key", 64)?,
+        client_cert_id: object.get("client_cert_id").and_then(json::id_string),
+        verify: match object.get("verify") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => return Err(in_property("verify", wrong_type("boolean", other))),
+        },
+        ca_certs: text("ca_certs", 128)?,
+    };
+    // APISIX's schema: client_cert and client_key come together, and exclude client_cert_id.
+    if tls.client_cert.is_some() != tls.client_key.is_some() {
+        return Err("client_cert and client_key must be given together".into());
+    }
+    if tls.client_cert.is_some() && tls.client_cert_id.is_some() {
+        return Err("client_cert_id cannot be used with client_cert and client_key".into());
+    }
+    Ok(tls)
 }
 
 fn parse_timeout(value: &Value) -> Result<UpstreamTimeout, String> {
