@@ -13,7 +13,7 @@ use crate::model::upstream::checks::HealthChecks;
 use crate::snapshot::ResolvedUpstream;
 use crate::time::Time;
 use slab::Slab;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -45,7 +45,10 @@ pub(crate) struct Prober {
     pub targets: Slab<Target>,
     /// Bumped whenever a probe starts or a target goes, so late results are recognised.
     pub generations: Vec<u32>,
-    by_key: HashMap<(SocketAddr, String), usize>,
+    /// Ordered, not hashed: `sync` walks it, and the order targets are added
+    /// and removed in decides their slots and probe ids, which must follow from
+    /// the config alone (same config, same seed, same actions).
+    by_key: BTreeMap<(SocketAddr, String), usize>,
 }
 
 impl Prober {
@@ -57,7 +60,7 @@ impl Prober {
         upstreams: &[Arc<ResolvedUpstream>],
         actions: &mut VecDeque<Action>,
     ) -> (Vec<usize>, Vec<usize>) {
-        let mut wanted: HashMap<(SocketAddr, String), (Arc<NodeHealth>, HealthChecks, SocketAddr)> = HashMap::new();
+        let mut wanted: BTreeMap<(SocketAddr, String), (Arc<NodeHealth>, HealthChecks, SocketAddr)> = BTreeMap::new();
         for upstream in upstreams {
             let Some(checks) = &upstream.config.checks else { continue };
             for (index, node) in upstream.health.iter().enumerate() {
