@@ -93,6 +93,7 @@ fn run(config_path: &Path) -> Result<(), String> {
         udp_idle_timeout: config.udp_idle_timeout,
         udp_sessions_max: config.udp_sessions_max,
         udp_proxy_responses: config.udp_proxy_responses,
+        driver_can_splice: config.splice,
         tls_handshake_timeout: config.tls.handshake_timeout,
         fallback_sni: config.tls.fallback_sni.clone(),
         ..EngineConfig::default()

@@ -13,6 +13,12 @@ pub enum Action {
     Connect { conn: ConnId, addr: SocketAddr },
     /// Shut down the write half of `side`'s socket (forward a FIN).
     Shutdown { conn: ConnId, side: Side },
+    /// From now on the driver moves this connection's bytes itself (splice
+    /// through a pipe): it reports moved counts with `handle_spliced`, a side's
+    /// FIN with `handle_read(side, 0)` once every byte from that side has been
+    /// written to the other, and errors with `handle_reset`. Only granted when
+    /// `EngineConfig::driver_can_splice` is set.
+    Splice { conn: ConnId },
     /// Close both sockets and forget the connection; `reset` = abortive close
     /// (SO_LINGER 0, the peer sees RST). The id is stale from now on.
     Close { conn: ConnId, reset: bool },

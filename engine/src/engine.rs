@@ -41,6 +41,9 @@ pub struct EngineConfig {
     pub udp_proxy_responses: u32,
     /// Run active health probes from this engine (one worker per process does).
     pub run_active_checks: bool,
+    /// The driver can move plain TCP bytes itself (splice): the engine grants
+    /// it per connection with `Action::Splice` once nothing needs its buffers.
+    pub driver_can_splice: bool,
     /// `strait.tls.handshake_timeout`: from accept to a finished client
     /// handshake (ClientHello peek included), and from connect to a finished
     /// upstream handshake.
@@ -62,6 +65,7 @@ impl Default for EngineConfig {
             udp_idle_timeout: Duration::from_secs(600),
             udp_proxy_responses: 0,
             run_active_checks: true,
+            driver_can_splice: false,
             tls_handshake_timeout: crate::tls::DEFAULT_HANDSHAKE_TIMEOUT,
             fallback_sni: None,
         }
@@ -301,6 +305,14 @@ impl Engine {
     /// `n` bytes of `write_buf(side)` were written to `side`.
     pub fn handle_written(&mut self, now: Time, conn: ConnId, side: Side, n: usize) {
         self.with_conn(now, conn, |c, ctx| c.on_written(ctx, conn, side, n));
+    }
+
+    /// `n` bytes moved from `side` to the other side by the driver itself
+    /// (after `Action::Splice`).
+    pub fn handle_spliced(&mut self, now: Time, conn: ConnId, side: Side, n: usize) {
+        if let Some(index) = self.live_conn(conn) {
+            self.conns[index].on_spliced(now, side, n);
+        }
     }
 
     /// `side` was reset by its peer, or reading or writing it failed.
@@ -636,7 +648,13 @@ impl Engine {
             config: &self.config,
         };
         match f(&mut self.conns[index], &mut ctx) {
-            Outcome::Open => self.rearm_conn(index),
+            Outcome::Open => {
+                if self.config.driver_can_splice && self.conns[index].can_splice() {
+                    self.conns[index].start_splice(&mut self.pool);
+                    self.actions.push_back(Action::Splice { conn });
+                }
+                self.rearm_conn(index);
+            }
             Outcome::Closed => self.free_conn(index),
         }
         self.check_invariants();

@@ -234,3 +234,37 @@ fn weights_one_to_three_split_forty_connections_ten_to_thirty() {
     }
     assert_eq!(counts, [10, 30]);
 }
+
+#[test]
+fn splice_is_granted_once_nothing_waits_in_engine_buffers() {
+    let config = EngineConfig { driver_can_splice: true, ..EngineConfig::default() };
+    let mut e = engine(two_nodes(), config);
+    let id = accept(&mut e, at(0), "1.2.3.4:5").unwrap();
+    let _ = actions(&mut e);
+    read(&mut e, at(0), id, Side::Client, b"early");
+    e.handle_connected(at(1), id, Ok(()));
+    assert!(actions(&mut e).is_empty(), "early bytes go through the engine first");
+    assert_eq!(write_all(&mut e, at(1), id, Side::Upstream), b"early");
+    assert_eq!(actions(&mut e), [Action::Splice { conn: id }]);
+    assert_eq!(e.buffers_in_use(), 0, "a spliced connection holds no engine buffer");
+    assert!(e.read_buf(id, Side::Client).is_none(), "the driver moves the bytes now");
+    e.handle_spliced(at(20), id, Side::Upstream, 1000);
+    e.handle_timeout(at(31));
+    assert!(actions(&mut e).is_empty(), "spliced bytes count as activity");
+    e.handle_read(at(32), id, Side::Client, 0);
+    assert_eq!(actions(&mut e), [Action::Shutdown { conn: id, side: Side::Upstream }]);
+    e.handle_read(at(33), id, Side::Upstream, 0);
+    assert_eq!(
+        actions(&mut e),
+        [Action::Shutdown { conn: id, side: Side::Client }, Action::Close { conn: id, reset: false }]
+    );
+}
+
+#[test]
+fn no_splice_unless_the_driver_offers_it() {
+    let mut e = engine(two_nodes(), EngineConfig::default());
+    let id = accept(&mut e, at(0), "1.2.3.4:5").unwrap();
+    let _ = actions(&mut e);
+    e.handle_connected(at(1), id, Ok(()));
+    assert!(actions(&mut e).is_empty());
+}

@@ -17,11 +17,28 @@ pub struct ConnIo {
     pub ready: [Readiness; 2],
     /// An upstream connect is in flight.
     pub connecting: bool,
+    /// The engine handed the byte moving to the driver (splice).
+    pub spliced: bool,
+    /// Spliced only, by source side: the pipe holding bytes not yet written on.
+    pub pipes: [Option<crate::splice::Pipe>; 2],
+    /// Spliced only, by source side: the source sent FIN.
+    pub eof: [bool; 2],
+    /// Spliced only, by source side: the FIN has been reported to the engine.
+    pub fin_reported: [bool; 2],
 }
 
 impl ConnIo {
     pub fn new(id: ConnId, client: TcpStream) -> ConnIo {
-        ConnIo { id, sockets: [Some(client), None], ready: Default::default(), connecting: false }
+        ConnIo {
+            id,
+            sockets: [Some(client), None],
+            ready: Default::default(),
+            connecting: false,
+            spliced: false,
+            pipes: [None, None],
+            eof: [false; 2],
+            fin_reported: [false; 2],
+        }
     }
 
     pub fn socket(&mut self, side: Side) -> Option<&mut TcpStream> {

@@ -20,6 +20,7 @@ mod clock;
 mod conn_io;
 mod listeners;
 mod probe;
+mod splice;
 mod udp;
 mod worker;
 mod workers;

@@ -4,6 +4,7 @@ use crate::clock::Clock;
 use crate::conn_io::{conn_token, token_conn, ConnIo, SESSION_TOKEN_BASE, WAKER_TOKEN};
 use crate::listeners::BoundListener;
 use crate::probe::{ProbeIo, PROBE_TOKEN_BASE};
+use crate::splice::PipePool;
 use crate::udp::{SessionIo, DATAGRAM_BYTES_MAX};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::VecDeque;
@@ -27,6 +28,8 @@ pub enum Control {
 const PUMP_ROUNDS_MAX: usize = 16;
 /// Accepts per listener per wake-up before others get a turn.
 const ACCEPTS_PER_WAKE: usize = 128;
+/// Splice pipes one worker may hold at once (two descriptors each).
+const PIPES_MAX: usize = 4096;
 /// readiness events fetched per poll call.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -36,7 +39,9 @@ pub struct Worker {
     pub(crate) engine: Engine,
     pub(crate) clock: Clock,
     pub(crate) listeners: Vec<Option<BoundListener>>,
-    conns: Vec<Option<ConnIo>>,
+    pub(crate) conns: Vec<Option<ConnIo>>,
+    /// Splice pipes, held only by directions with bytes in flight.
+    pub(crate) pipes: PipePool,
     pub(crate) sessions: Vec<Option<SessionIo>>,
     pub(crate) probes: Vec<Option<ProbeIo>>,
     /// The one receive buffer every datagram of this worker passes through.
@@ -68,6 +73,7 @@ impl Worker {
             clock: Clock::new(),
             listeners: listeners.into_iter().map(Some).collect(),
             conns: Vec::new(),
+            pipes: PipePool::new(PIPES_MAX),
             sessions: Vec::new(),
             probes: Vec::new(),
             datagram: vec![0; DATAGRAM_BYTES_MAX],
@@ -261,7 +267,8 @@ impl Worker {
                     continue;
                 }
             }
-            let progress = self.pump_once(slot, id);
+            let spliced = self.conns.get(slot).and_then(Option::as_ref).is_some_and(|c| c.spliced);
+            let progress = if spliced { self.pump_spliced_once(slot, id) } else { self.pump_once(slot, id) };
             self.perform_actions();
             if !progress {
                 return;
@@ -369,6 +376,11 @@ impl Worker {
                     }
                 }
                 Action::Close { conn, reset } => self.close(conn, reset),
+                Action::Splice { conn } => {
+                    if let Some(c) = self.conn_mut(conn) {
+                        c.spliced = true;
+                    }
+                }
                 Action::UdpConnect { session, addr } => self.udp_connect(session, addr),
                 Action::UdpClose { session } => self.udp_close(session),
                 Action::Probe { probe, addr } => self.probe_start(probe, addr),
@@ -414,6 +426,9 @@ impl Worker {
             return;
         }
         let conn = entry.take().expect("checked above");
+        for pipe in conn.pipes.into_iter().flatten() {
+            self.pipes.give_back(pipe);
+        }
         for mut socket in conn.sockets.into_iter().flatten() {
             let _ = registry.deregister(&mut socket);
             if reset {

@@ -27,10 +27,13 @@ fn snapshot(routes: serde_json::Value) -> Arc<Snapshot> {
 }
 
 fn start(port: u16, snapshot: Arc<Snapshot>, buffer_bytes: usize) -> Workers {
+    start_with(port, snapshot, EngineConfig { buffer_bytes, ..EngineConfig::default() })
+}
+
+fn start_with(port: u16, snapshot: Arc<Snapshot>, engine: EngineConfig) -> Workers {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let listeners =
         vec![ListenSpec { protocol: Protocol::Tcp, addr, tls: false, tls_passthrough: false, proxy_protocol: false }];
-    let engine = EngineConfig { buffer_bytes, ..EngineConfig::default() };
     Workers::start(WorkersConfig { workers: 1, listeners, engine }, snapshot).unwrap()
 }
 
@@ -103,4 +106,34 @@ fn no_route_closes_without_a_byte() {
     let n = client.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0);
     workers.shutdown(Duration::from_secs(1));
+}
+
+#[test]
+fn spliced_connections_move_every_byte_and_keep_half_close() {
+    for round in 0..3 {
+        let (up, upstream) = counting_upstream(3_000_000);
+        let port = free_port();
+        let engine = EngineConfig { driver_can_splice: true, ..EngineConfig::default() };
+        let workers =
+            start_with(port, snapshot(json!({"1": {"upstream": {"nodes": {format!("127.0.0.1:{up}"): 1}}}})), engine);
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let sent = pattern(5_000_000 + round);
+        let writer = {
+            let mut client = client.try_clone().unwrap();
+            let sent = sent.clone();
+            thread::spawn(move || {
+                client.write_all(&sent).unwrap();
+                client.shutdown(Shutdown::Write).unwrap();
+            })
+        };
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).unwrap();
+        writer.join().unwrap();
+        assert_eq!(upstream.join().unwrap(), sent, "the upstream got every byte in order");
+        let header = format!("{}\n", sent.len());
+        assert_eq!(&reply[..header.len()], header.as_bytes());
+        assert!(reply[header.len()..] == pattern(3_000_000)[..], "every byte back after the half-close");
+        workers.shutdown(Duration::from_secs(1));
+    }
 }

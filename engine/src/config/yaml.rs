@@ -80,6 +80,8 @@ pub struct StraitConfig {
     pub deployment: super::deployment::Deployment,
     /// `apisix.ssl.fallback_sni`, `strait.tls.handshake_timeout` (tls.rs).
     pub tls: super::tls::TlsSettings,
+    /// `strait.splice`: forward plain TCP with splice(2) through pipes (Linux), no copy through user space.
+    pub splice: bool,
 }
 
 /// A config.yaml error: which key, and what is wrong with it.
@@ -267,6 +269,11 @@ impl StraitConfig {
                 return Err(error("strait.tls.handshake_timeout", "must be greater than 0"));
             }
         }
+        let splice = match lookup(&root, "strait.splice") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => return Err(error("strait.splice", format!("must be a boolean, got {}", show(other)))),
+        };
         Ok(StraitConfig {
             proxy_mode,
             tcp,
@@ -283,6 +290,7 @@ impl StraitConfig {
             control_listen,
             deployment,
             tls,
+            splice,
         })
     }
 
