@@ -21,9 +21,13 @@ pub enum Step {
     ConfigChanges,
     Idle,
     Tick,
+    /// A UDP client sends a datagram (a new flow opens a session).
+    UdpClientSends,
+    /// A UDP upstream sends a datagram nobody asked for on a live session.
+    UdpUpstreamSends,
 }
 
-pub const STEPS: [Step; 13] = [
+pub const STEPS: [Step; 15] = [
     Step::Accept,
     Step::ClientSends,
     Step::UpstreamSends,
@@ -37,6 +41,8 @@ pub const STEPS: [Step; 13] = [
     Step::ConfigChanges,
     Step::Idle,
     Step::Tick,
+    Step::UdpClientSends,
+    Step::UdpUpstreamSends,
 ];
 
 /// Everything a seed decides before its first step.
@@ -62,6 +68,18 @@ pub struct Swarm {
     /// Connect latency ceiling, in microseconds.
     pub latency_max_us: u64,
     pub config: ConfigShape,
+    /// UDP sessions the engine may hold (sometimes a handful, to hit the limit).
+    pub udp_sessions_max: usize,
+    /// Idle timeout of a UDP session whose upstream sets no `timeout`.
+    pub udp_idle_timeout_s: u64,
+    /// The engine-wide `proxy_responses` (0 = unlimited).
+    pub udp_proxy_responses: u32,
+    /// Replies an upstream node sends per datagram, at most.
+    pub udp_replies_max: u64,
+    /// Distinct UDP client addresses (few: flows come back to their session).
+    pub udp_clients: u64,
+    /// Whether this engine runs the active health probes.
+    pub run_active_checks: bool,
 }
 
 impl Swarm {
@@ -79,6 +97,8 @@ impl Swarm {
                 Step::ConfigChanges => 2,
                 Step::Idle => 1,
                 Step::Tick => 8,
+                Step::UdpClientSends => 10,
+                Step::UdpUpstreamSends => 2,
             };
             // Swarm: each kind of step is switched off in about a fifth of the
             // seeds and otherwise scaled 0.5x..2x.
@@ -106,7 +126,16 @@ impl Swarm {
                 invalid_rate: *rng.pick(&[0.0, 0.05]),
                 idle_max_s: rng.range(1, 60),
                 connect_max_ms: rng.range(100, 5000),
+                checks_rate: *rng.pick(&[0.0, 0.3, 0.8]),
+                other_balancer_rate: *rng.pick(&[0.0, 0.3, 0.6]),
+                proxy_responses_rate: *rng.pick(&[0.0, 0.2]),
             },
+            udp_sessions_max: if rng.chance(0.2) { rng.range(1, 4) as usize } else { 16_384 },
+            udp_idle_timeout_s: rng.range(1, 30),
+            udp_proxy_responses: *rng.pick(&[0, 0, 1, 2]),
+            udp_replies_max: rng.range(0, 3),
+            udp_clients: rng.range(1, 12),
+            run_active_checks: rng.chance(0.9),
         }
     }
 

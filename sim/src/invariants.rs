@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use strait_engine::model::{StreamRoute, Upstream};
+use strait_engine::model::{BalancerType, StreamRoute, Upstream};
+use strait_engine::snapshot::ResolvedUpstream;
 use strait_engine::Resources;
 
 /// The upstream a route must send its connections to, read from the stored
@@ -21,6 +22,11 @@ pub struct ExpectedUpstream {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub retry_timeout: Duration,
+    pub balancer: BalancerType,
+    pub has_checks: bool,
+    /// The upstream's own `timeout` sets a UDP session's idle timeout.
+    pub udp_idle_timeout: Option<Duration>,
+    pub proxy_responses: Option<u32>,
 }
 
 /// `None` when the route matches but cannot be served (missing or invalid
@@ -41,6 +47,10 @@ pub fn expected_upstream(resources: &Resources, route: &StreamRoute) -> Option<E
         connect_timeout: config.connect_timeout(),
         idle_timeout: config.idle_timeout(),
         retry_timeout: config.retry_timeout,
+        balancer: config.balancer,
+        has_checks: config.checks.is_some(),
+        udp_idle_timeout: config.timeout.as_ref().map(|_| config.idle_timeout()),
+        proxy_responses: config.proxy_responses,
     };
     for node in &config.nodes {
         let ip: IpAddr = node.bare_host().parse().ok()?;
@@ -49,6 +59,67 @@ pub fn expected_upstream(resources: &Resources, route: &StreamRoute) -> Option<E
         e.priorities.push(node.priority);
     }
     (!e.addrs.is_empty()).then_some(e)
+}
+
+/// Node `i`'s health as the control plane sees it (a node without checks is healthy).
+pub fn node_healthy(upstream: &ResolvedUpstream, i: usize) -> bool {
+    upstream.health.get(i).is_none_or(|h| h.is_healthy())
+}
+
+/// The nodes a balancer may pick for a connection that has tried `tried`,
+/// given each node's health: untried nodes; of those only the healthy ones
+/// unless none is; of those only the highest priority group. (Which of them
+/// the algorithm picks is its own business.)
+pub fn allowed_picks(priorities: &[i32], tried: &[usize], healthy: impl Fn(usize) -> bool) -> Vec<usize> {
+    let untried: Vec<usize> = (0..priorities.len()).filter(|i| !tried.contains(i)).collect();
+    let any_healthy = untried.iter().any(|&i| healthy(i));
+    let usable: Vec<usize> = untried.into_iter().filter(|&i| !any_healthy || healthy(i)).collect();
+    let Some(top) = usable.iter().map(|&i| priorities[i]).max() else {
+        return Vec::new();
+    };
+    usable.into_iter().filter(|&i| priorities[i] == top).collect()
+}
+
+/// Whether the engine may find no node to pick although `allowed` is not
+/// empty: chash puts weight-0 nodes on no ring point, so a group made only of
+/// them has nothing to hash to (FOUND.md, "noticed").
+pub fn may_find_none(up: &ExpectedUpstream, allowed: &[usize]) -> bool {
+    allowed.is_empty() || (up.balancer == BalancerType::Chash && allowed.iter().all(|&i| up.weights[i] == 0))
+}
+
+/// Remembers each node's health as of the end of the previous engine call,
+/// so a pick can be judged by the state before or after the call that made
+/// it (a probe timing out in the same `handle_timeout` may flip a node just
+/// after a retry picked it).
+#[derive(Default)]
+pub struct HealthSeen {
+    seen: Vec<(std::sync::Weak<strait_engine::health::NodeHealth>, bool)>,
+}
+
+impl HealthSeen {
+    /// The health recorded for `node`'s i-th node (healthy when never seen).
+    pub fn before(&self, upstream: &ResolvedUpstream, i: usize) -> bool {
+        let Some(node) = upstream.health.get(i) else {
+            return true;
+        };
+        let ptr = std::sync::Arc::as_ptr(node);
+        self.seen.iter().find(|(w, _)| w.as_ptr() == ptr).is_none_or(|&(_, healthy)| healthy)
+    }
+
+    /// Records the health of every node of `upstreams` now.
+    pub fn record<'a>(&mut self, upstreams: impl Iterator<Item = &'a std::sync::Arc<ResolvedUpstream>>) {
+        self.seen.retain(|(w, _)| w.strong_count() > 0);
+        for up in upstreams {
+            for node in &up.health {
+                let ptr = std::sync::Arc::as_ptr(node);
+                let healthy = node.is_healthy();
+                match self.seen.iter_mut().find(|(w, _)| w.as_ptr() == ptr) {
+                    Some(slot) => slot.1 = healthy,
+                    None => self.seen.push((std::sync::Arc::downgrade(node), healthy)),
+                }
+            }
+        }
+    }
 }
 
 /// Mirrors the engine's per-upstream balancer state just closely enough to
@@ -100,7 +171,9 @@ impl WrrCheck {
             track.priorities = up.priorities.clone();
             track.picks = None;
         }
-        if retry {
+        if retry || up.balancer != BalancerType::RoundRobin || up.has_checks {
+            // Off the clean cycle: a retry excluded nodes, another algorithm
+            // picks, or health may have excluded nodes (allowed_picks judges those).
             track.picks = None;
             return;
         }

@@ -5,7 +5,7 @@
 use crate::rng::Rng;
 use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
-use strait_engine::{Resources, Snapshot};
+use strait_engine::{Resources, SharedState, Snapshot};
 
 /// How an upstream node answers a connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +61,14 @@ pub struct ConfigShape {
     pub idle_max_s: u64,
     /// Longest connect timeout, in milliseconds.
     pub connect_max_ms: u64,
+    /// Chance an upstream has health `checks` (active, sometimes passive too).
+    pub checks_rate: f64,
+    /// Chance an upstream balances by something other than round robin
+    /// (chash, least_conn or ewma).
+    pub other_balancer_rate: f64,
+    /// Chance an upstream sets `proxy_responses` (UDP sessions end after that
+    /// many replies).
+    pub proxy_responses_rate: f64,
 }
 
 /// The stored config and the snapshot built from it.
@@ -68,11 +76,15 @@ pub struct ConfigModel {
     pub resources: Resources,
     pub version: u64,
     pub shape: ConfigShape,
+    /// Node health and least_conn counts, carried from snapshot to snapshot as
+    /// a running process does (`Snapshot::build_with`).
+    pub shared: SharedState,
 }
 
 impl ConfigModel {
     pub fn new(rng: &mut Rng, shape: ConfigShape) -> ConfigModel {
-        let mut model = ConfigModel { resources: Resources::default(), version: 1, shape };
+        let mut model =
+            ConfigModel { resources: Resources::default(), version: 1, shape, shared: SharedState::default() };
         for id in UPSTREAM_IDS {
             if rng.chance(0.8) {
                 let u = model.gen_upstream(rng);
@@ -88,7 +100,7 @@ impl ConfigModel {
 
     pub fn snapshot(&self) -> Snapshot {
         let mut no_dns = |_: &str| Vec::new();
-        Snapshot::build(self.version, &self.resources, &mut no_dns).0
+        Snapshot::build_with(self.version, &self.resources, &mut no_dns, &self.shared).0
     }
 
     /// One admin write: add, change or delete a route or an upstream.
@@ -189,11 +201,65 @@ impl ConfigModel {
                 json!({"connect": connect_ms as f64 / 1000.0, "send": idle(rng), "read": idle(rng)}),
             );
         }
+        if rng.chance(self.shape.other_balancer_rate) {
+            match rng.below(4) {
+                0 => {
+                    u.insert("type".into(), json!("chash"));
+                    // No `key` (or an unknown one) falls back to remote_addr.
+                    let key = *rng.pick(&["remote_addr", "remote_port", "server_port", "nothing"]);
+                    if key != "nothing" || rng.chance(0.5) {
+                        u.insert("key".into(), json!(key));
+                    }
+                }
+                1 => {
+                    u.insert("type".into(), json!("chash"));
+                    u.insert("hash_on".into(), json!("vars_combinations"));
+                    u.insert("key".into(), json!("$remote_addr:$remote_port"));
+                }
+                2 => {
+                    u.insert("type".into(), json!("least_conn"));
+                }
+                _ => {
+                    u.insert("type".into(), json!("ewma"));
+                }
+            }
+        }
+        if rng.chance(self.shape.checks_rate) {
+            u.insert("checks".into(), gen_checks(rng));
+        }
+        if rng.chance(self.shape.proxy_responses_rate) {
+            u.insert("proxy_responses".into(), json!(rng.range(1, 3)));
+        }
         if rng.chance(self.shape.invalid_rate) {
             u.insert("type".into(), json!("roundrobn"));
         }
         Value::Object(u)
     }
+}
+
+/// Health checks with small intervals and thresholds, so nodes flip often.
+fn gen_checks(rng: &mut Rng) -> Value {
+    let mut active = Map::new();
+    active.insert("timeout".into(), json!(*rng.pick(&[0.2, 0.5, 1.0, 2.0])));
+    if rng.chance(0.1) {
+        // A probe port other than the node's: only 10.9.0.4 listens on 8080.
+        active.insert("port".into(), json!(8080));
+    }
+    active.insert("healthy".into(), json!({"interval": rng.range(1, 5), "successes": rng.range(1, 3)}));
+    active.insert(
+        "unhealthy".into(),
+        json!({"interval": rng.range(1, 3), "tcp_failures": rng.range(1, 3), "timeouts": rng.range(1, 3)}),
+    );
+    let mut checks = Map::new();
+    checks.insert("active".into(), Value::Object(active));
+    if rng.chance(0.5) {
+        checks.insert(
+            "passive".into(),
+            json!({"healthy": {"successes": rng.range(0, 3)},
+                   "unhealthy": {"tcp_failures": rng.range(0, 3), "timeouts": rng.range(0, 3)}}),
+        );
+    }
+    Value::Object(checks)
 }
 
 /// Inserts or replaces the object stored under `id`.

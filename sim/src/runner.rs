@@ -3,8 +3,11 @@
 //! honoured on a virtual clock), steps the world through the grammar, and
 //! checks every action the engine asks for against what must be true.
 
+mod probes;
+mod udp;
+
 use crate::grammar::{Step, Swarm};
-use crate::invariants::{expected_upstream, ExpectedUpstream, WrrCheck};
+use crate::invariants::{allowed_picks, expected_upstream, may_find_none, ExpectedUpstream, HealthSeen, WrrCheck};
 use crate::models::{node_addr, ConfigModel, NodeBehaviour, NODE_ADDRS};
 use crate::net::{Pipe, FROM_CLIENT, FROM_UPSTREAM};
 use crate::rng::Rng;
@@ -14,7 +17,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use strait_engine::config::{ListenSpec, Protocol};
 use strait_engine::router::{reference, MatchInput};
-use strait_engine::{Action, ConnId, ConnectError, Engine, EngineConfig, ListenerId, Refusal, Side, Time};
+use strait_engine::snapshot::{ResolvedUpstream, RouteTarget};
+use strait_engine::{Action, ConnId, ConnectError, Engine, EngineConfig, ListenerId, ProbeId, Refusal, Side, Time};
+use strait_engine::{SessionId, Snapshot};
 
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000 * MS;
@@ -36,6 +41,9 @@ struct SimConn {
     /// Present once a connect succeeded.
     upstream: Option<Pipe>,
     expected: ExpectedUpstream,
+    /// The upstream as the engine resolved it when the connection was
+    /// accepted: its nodes' health is what the control plane shows.
+    resolved: Arc<ResolvedUpstream>,
     /// Node indexes tried, in order.
     tried: Vec<usize>,
     /// Bumped per `Connect`: completions of older attempts are dropped, as a
@@ -63,7 +71,24 @@ impl SimConn {
 }
 
 enum Event {
-    ConnectDone { conn: ConnId, attempt: u32, result: Result<(), ConnectError> },
+    ConnectDone {
+        conn: ConnId,
+        attempt: u32,
+        result: Result<(), ConnectError>,
+    },
+    /// A datagram from a UDP session's node arrives at the proxy.
+    UdpReply {
+        session: SessionId,
+    },
+    /// The proxy's session socket gets an ICMP port unreachable (ECONNREFUSED).
+    UdpError {
+        session: SessionId,
+    },
+    /// An active probe's connect finished.
+    ProbeDone {
+        probe: ProbeId,
+        result: Result<(), ConnectError>,
+    },
 }
 
 /// Counts that show a run exercised what it claims to.
@@ -81,6 +106,44 @@ pub struct SimStats {
     pub retries: u64,
     pub bytes_delivered: u64,
     pub wrr_windows: u64,
+    pub udp_sessions: u64,
+    pub udp_datagrams_up: u64,
+    pub udp_replies: u64,
+    pub udp_dropped: u64,
+    pub udp_idle_closes: u64,
+    pub udp_response_closes: u64,
+    pub udp_error_closes: u64,
+    pub probes: u64,
+    pub probe_timeouts: u64,
+    /// Picks made while some node of the upstream was unhealthy.
+    pub picks_with_unhealthy: u64,
+}
+
+impl SimStats {
+    /// Adds another run's counts to these.
+    pub fn add(&mut self, o: &SimStats) {
+        self.steps += o.steps;
+        self.accepted += o.accepted;
+        self.refused += o.refused;
+        self.finished += o.finished;
+        self.reset_closes += o.reset_closes;
+        self.idle_closes += o.idle_closes;
+        self.idle_closes_dropping_bytes += o.idle_closes_dropping_bytes;
+        self.unreachable_closes += o.unreachable_closes;
+        self.retries += o.retries;
+        self.bytes_delivered += o.bytes_delivered;
+        self.wrr_windows += o.wrr_windows;
+        self.udp_sessions += o.udp_sessions;
+        self.udp_datagrams_up += o.udp_datagrams_up;
+        self.udp_replies += o.udp_replies;
+        self.udp_dropped += o.udp_dropped;
+        self.udp_idle_closes += o.udp_idle_closes;
+        self.udp_response_closes += o.udp_response_closes;
+        self.udp_error_closes += o.udp_error_closes;
+        self.probes += o.probes;
+        self.probe_timeouts += o.probe_timeouts;
+        self.picks_with_unhealthy += o.picks_with_unhealthy;
+    }
 }
 
 pub struct Sim {
@@ -97,6 +160,10 @@ pub struct Sim {
     seq: u64,
     next_k: u64,
     wrr: WrrCheck,
+    udp: udp::UdpWorld,
+    probes: probes::ProbeWorld,
+    /// Node health as of the end of the previous engine call.
+    health_seen: HealthSeen,
     /// The final drain: peers send nothing more.
     draining: bool,
     /// `begin_shutdown` was called: every accept is refused.
@@ -130,12 +197,17 @@ impl Sim {
             listen(Protocol::Tcp, "0.0.0.0:9101"),
             listen(Protocol::Tcp, "[::]:9102"),
             listen(Protocol::Udp, "0.0.0.0:9100"),
+            listen(Protocol::Udp, "[::]:9101"),
         ];
         let engine_config = EngineConfig {
             seed: rng.next_u64(),
             buffer_bytes: swarm.buffer_bytes,
             max_connections: swarm.max_connections,
             spare_buffers_max: *rng.pick(&[0, 2, 256]),
+            udp_sessions_max: swarm.udp_sessions_max,
+            udp_idle_timeout: std::time::Duration::from_secs(swarm.udp_idle_timeout_s),
+            udp_proxy_responses: swarm.udp_proxy_responses,
+            run_active_checks: swarm.run_active_checks,
             ..EngineConfig::default()
         };
         let engine = Engine::new(listeners.clone(), Arc::new(config.snapshot()), engine_config);
@@ -153,6 +225,9 @@ impl Sim {
             seq: 0,
             next_k: 0,
             wrr: WrrCheck::default(),
+            udp: udp::UdpWorld::default(),
+            probes: probes::ProbeWorld::default(),
+            health_seen: HealthSeen::default(),
             draining: false,
             shutting_down: false,
             aborting: false,
@@ -286,6 +361,9 @@ impl Sim {
                 self.drain_actions();
                 self.pump(conn);
             }
+            Event::UdpReply { session } => self.udp_reply(session),
+            Event::UdpError { session } => self.udp_error(session),
+            Event::ProbeDone { probe, result } => self.probe_done(probe, result),
         }
     }
 
@@ -297,10 +375,49 @@ impl Sim {
                 Action::Connect { conn, addr } => self.on_connect(conn, addr),
                 Action::Shutdown { conn, side } => self.on_shutdown(conn, side),
                 Action::Close { conn, reset } => self.on_close(conn, reset),
-                #[allow(unreachable_patterns)] // UDP actions exist only in newer engines
-                other => panic!("this simulation sends no datagrams, yet the engine asked: {other:?}"),
+                Action::UdpConnect { session, addr } => self.on_udp_connect(session, addr),
+                Action::UdpClose { session } => self.on_udp_close(session),
+                Action::Probe { probe, addr } => self.on_probe(probe, addr),
+                Action::ProbeCancel { probe } => self.on_probe_cancel(probe),
             }
         }
+        self.record_health();
+    }
+
+    /// Notes every node's health after an engine call (see `HealthSeen`).
+    fn record_health(&mut self) {
+        let snapshot = self.engine.snapshot().clone();
+        let conns = self.conns.values().map(|c| &c.resolved);
+        let sessions = self.udp.sessions.values().map(|s| &s.resolved);
+        self.health_seen.record(snapshot.upstreams().iter().chain(conns).chain(sessions));
+    }
+
+    /// Checks a pick of node `index` of `up` after `tried`: an untried node, a
+    /// healthy one unless every remaining node is unhealthy, from the highest
+    /// priority group of those (judged by the health before or after the call).
+    fn check_pick(&mut self, up: &Arc<ResolvedUpstream>, tried: &[usize], index: usize, what: &str) {
+        let before = allowed_picks(&up.priorities, tried, |i| self.health_seen.before(up, i));
+        let after = allowed_picks(&up.priorities, tried, |i| crate::invariants::node_healthy(up, i));
+        if (0..up.addrs.len()).any(|i| !crate::invariants::node_healthy(up, i)) {
+            self.stats.picks_with_unhealthy += 1;
+        }
+        assert!(
+            before.contains(&index) || after.contains(&index),
+            "{what} goes to an untried node, healthy unless every remaining node is unhealthy, of the highest \
+             priority group among those: picked node {index} ({}) of {}, tried {tried:?}, allowed {before:?} \
+             (health before the call) or {after:?} (after), health {:?}, priorities {:?}",
+            up.addrs[index],
+            up.key,
+            (0..up.addrs.len()).map(|i| crate::invariants::node_healthy(up, i)).collect::<Vec<_>>(),
+            up.priorities
+        );
+    }
+
+    /// Whether the balancer may legitimately find no node after `tried`.
+    fn may_find_none(&self, expected: &ExpectedUpstream, up: &ResolvedUpstream, tried: &[usize]) -> bool {
+        let before = allowed_picks(&up.priorities, tried, |i| self.health_seen.before(up, i));
+        let after = allowed_picks(&up.priorities, tried, |i| crate::invariants::node_healthy(up, i));
+        may_find_none(expected, &before) || may_find_none(expected, &after)
     }
 
     fn on_connect(&mut self, conn: ConnId, addr: SocketAddr) {
@@ -323,6 +440,9 @@ impl Sim {
             let rt = c.expected.retry_timeout;
             assert!(rt.is_zero() || now < c.first_pick + rt, "no retry once retry_timeout has passed");
         }
+        let (resolved, tried) = (c.resolved.clone(), c.tried.clone());
+        self.check_pick(&resolved, &tried, index, "a connection");
+        let c = self.conns.get_mut(&conn).expect("checked above");
         c.tried.push(index);
         c.attempt += 1;
         c.attempt_started = now;
@@ -382,8 +502,9 @@ impl Sim {
         } else if c.upstream.is_none() {
             let e = &c.expected;
             let out_of_time = !e.retry_timeout.is_zero() && now >= c.first_pick + e.retry_timeout;
+            let none_left = self.may_find_none(e, &c.resolved, &c.tried);
             assert!(
-                c.tried.len() >= e.max_tries || c.tried.len() == e.addrs.len() || out_of_time,
+                c.tried.len() >= e.max_tries || c.tried.len() == e.addrs.len() || out_of_time || none_left,
                 "an unreachable upstream is given up only when out of tries, nodes or time (k={}, tried {:?} of {:?}, max {})",
                 c.k, c.tried, e.addrs, e.max_tries
             );
@@ -625,11 +746,13 @@ impl Sim {
                 let d = self.rng.range(0, 300 * MS);
                 self.advance(self.now.as_nanos() + d);
             }
+            Step::UdpClientSends => self.udp_client_sends(),
+            Step::UdpUpstreamSends => self.udp_upstream_sends(),
         }
     }
 
     fn accept(&mut self) {
-        let li = self.rng.weighted(&[10, 10, 10, 1]);
+        let li = self.rng.weighted(&[10, 10, 10, 1, 1]);
         let spec = self.listeners[li].clone();
         let local_ip =
             if spec.addr.is_ipv4() { ip(self.rng.pick_copy(&LOCAL_V4)) } else { ip(self.rng.pick_copy(&LOCAL_V6)) };
@@ -638,19 +761,24 @@ impl Sim {
         let snapshot = self.engine.snapshot().clone();
         let input =
             MatchInput { server_addr: local.ip(), server_port: local.port(), remote_addr: peer.ip(), sni: None };
-        let expected: Result<ExpectedUpstream, Refusal> = if spec.protocol == Protocol::Udp || self.shutting_down {
-            Err(Refusal::NotAccepting)
-        } else if self.conns.len() >= self.swarm.max_connections {
-            Err(Refusal::TooManyConnections)
-        } else {
-            match reference::match_route(snapshot.routes(), &input) {
-                None => Err(Refusal::NoRoute),
-                Some(i) => expected_upstream(&self.config.resources, &snapshot.routes()[i]).ok_or(Refusal::NoUpstream),
-            }
-        };
+        let expected: Result<(ExpectedUpstream, Arc<ResolvedUpstream>), Refusal> =
+            if spec.protocol == Protocol::Udp || self.shutting_down {
+                Err(Refusal::NotAccepting)
+            } else if self.conns.len() >= self.swarm.max_connections {
+                Err(Refusal::TooManyConnections)
+            } else {
+                self.expected_route(&snapshot, &input).and_then(|(e, up)| {
+                    // chash finds nothing in a group of weight-0 nodes: refused like no node.
+                    if self.may_find_none(&e, &up, &[]) {
+                        Err(Refusal::NoUpstream)
+                    } else {
+                        Ok((e, up))
+                    }
+                })
+            };
         let result = self.engine.handle_accept(self.now, ListenerId(li as u32), local, peer);
         match (&result, &expected) {
-            (Ok(id), Ok(up)) => {
+            (Ok(id), Ok((up, resolved))) => {
                 self.stats.accepted += 1;
                 let k = self.next_k;
                 self.next_k += 1;
@@ -661,6 +789,7 @@ impl Sim {
                     client,
                     upstream: None,
                     expected: up.clone(),
+                    resolved: resolved.clone(),
                     tried: Vec::new(),
                     attempt: 0,
                     attempt_started: self.now,
@@ -688,8 +817,27 @@ impl Sim {
             _ => panic!(
                 "every connection is routed as the reference matcher says: {peer} -> {local} on listener {li}: engine {:?}, expected {:?}",
                 result.map(|_| ()),
-                expected.map(|u| u.key)
+                expected.map(|u| u.0.key)
             ),
+        }
+    }
+
+    /// What the reference matcher and the stored config say a new connection
+    /// or session from `input` gets, with the engine's resolved upstream (for
+    /// the health the control plane shows).
+    fn expected_route(
+        &self,
+        snapshot: &Snapshot,
+        input: &MatchInput<'_>,
+    ) -> Result<(ExpectedUpstream, Arc<ResolvedUpstream>), Refusal> {
+        let i = reference::match_route(snapshot.routes(), input).ok_or(Refusal::NoRoute)?;
+        let expected = expected_upstream(&self.config.resources, &snapshot.routes()[i]).ok_or(Refusal::NoUpstream)?;
+        match snapshot.target(i) {
+            RouteTarget::Upstream(up) => {
+                assert_eq!(up.addrs, expected.addrs, "the snapshot resolves the route's upstream as stored");
+                Ok((expected, up.clone()))
+            }
+            RouteTarget::Unavailable(why) => panic!("the stored config serves the route, the snapshot says {why}"),
         }
     }
 
@@ -716,7 +864,16 @@ impl Sim {
     fn check_counts(&self) {
         let live = self.conns.len();
         assert_eq!(self.engine.connection_count(), live, "the engine holds exactly the connections the driver knows");
-        assert_eq!(self.engine.timer_count(), live, "one timer per connection");
+        let sessions = self.udp.sessions.len();
+        assert_eq!(self.engine.session_count(), sessions, "the engine holds exactly the sessions the driver knows");
+        assert!(sessions <= self.swarm.udp_sessions_max, "sessions never exceed udp_sessions_max");
+        let targets = self.probe_targets().len();
+        assert_eq!(
+            self.engine.timer_count(),
+            live + sessions + targets,
+            "one timer per connection, session and probe target of the current config"
+        );
+        self.check_sessions_expire();
         assert!(self.engine.buffers_in_use() <= 2 * live, "at most two buffers per connection");
     }
 
@@ -739,7 +896,12 @@ impl Sim {
             self.engine.abort_all(self.now);
             self.drain_actions();
             self.aborting = false;
+            // The engine forgets its probe targets; probes in flight are not
+            // cancelled (FOUND.md, noticed): the driver is exiting anyway.
+            self.probes.aborted = true;
+            self.probes.in_flight.clear();
             assert!(self.conns.is_empty(), "abort_all closes every connection");
+            assert!(self.udp.sessions.is_empty(), "abort_all ends every session");
         }
     }
 
@@ -773,7 +935,7 @@ impl Sim {
             );
         }
         for _ in 0..DRAIN_WAKEUPS_MAX {
-            if self.conns.is_empty() {
+            if self.conns.is_empty() && self.udp.sessions.is_empty() {
                 break;
             }
             let timer = self.engine.poll_timeout().map(Time::as_nanos);
@@ -784,7 +946,26 @@ impl Sim {
             self.advance(next);
         }
         assert!(self.conns.is_empty(), "every connection ends once its peers finish ({} left)", self.conns.len());
-        assert_eq!(self.engine.connection_count(), 0, "no session outlives the run");
+        assert!(self.udp.sessions.is_empty(), "every UDP session ends once its clients are quiet");
+        // The config goes away: every probe target with it.
+        self.config.resources = Default::default();
+        self.config.version += 1;
+        let snapshot = Arc::new(self.config.snapshot());
+        self.ev("snapshot", &[snapshot.version]);
+        self.engine.handle_snapshot(self.now, snapshot);
+        self.drain_actions();
+        assert!(
+            self.probes.in_flight.is_empty(),
+            "a probe in flight is cancelled when its target goes ({:?} left)",
+            self.probes.in_flight
+        );
+        // Late completions (probe results, replies to closed sessions) are stale now.
+        if let Some(last) = self.queue.last_key_value().map(|(k, _)| k.0.as_nanos()) {
+            self.advance(last);
+        }
+        self.check_counts();
+        assert_eq!(self.engine.connection_count(), 0, "no connection outlives the run");
+        assert_eq!(self.engine.session_count(), 0, "no session outlives the run");
         assert_eq!(self.engine.timer_count(), 0, "no timer outlives its connection");
         assert_eq!(self.engine.buffers_in_use(), 0, "no buffer outlives its connection");
     }

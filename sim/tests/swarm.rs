@@ -33,19 +33,8 @@ fn every_seed_keeps_every_invariant() {
     for seed in 0..seeds {
         match check_seed(seed, steps) {
             Ok(report) => {
-                let s = &report.stats;
                 events += report.events;
-                total.steps += s.steps;
-                total.accepted += s.accepted;
-                total.refused += s.refused;
-                total.finished += s.finished;
-                total.reset_closes += s.reset_closes;
-                total.idle_closes += s.idle_closes;
-                total.idle_closes_dropping_bytes += s.idle_closes_dropping_bytes;
-                total.unreachable_closes += s.unreachable_closes;
-                total.retries += s.retries;
-                total.bytes_delivered += s.bytes_delivered;
-                total.wrr_windows += s.wrr_windows;
+                total.add(&report.stats);
             }
             Err(text) => {
                 eprintln!("{text}");
@@ -65,6 +54,9 @@ fn every_seed_keeps_every_invariant() {
     if seeds >= 100 {
         assert!(total.finished > 0 && total.reset_closes > 0 && total.idle_closes > 0);
         assert!(total.unreachable_closes > 0 && total.retries > 0 && total.wrr_windows > 0);
+        assert!(total.udp_sessions > 0 && total.udp_replies > 0 && total.udp_dropped > 0);
+        assert!(total.udp_idle_closes > 0 && total.udp_response_closes > 0 && total.udp_error_closes > 0);
+        assert!(total.probes > 0 && total.probe_timeouts > 0 && total.picks_with_unhealthy > 0);
     }
 }
 
