@@ -205,11 +205,9 @@ impl ConfigModel {
             match rng.below(4) {
                 0 => {
                     u.insert("type".into(), json!("chash"));
-                    // No `key` (or an unknown one) falls back to remote_addr.
+                    // chash needs a `key`; a variable that resolves to nothing falls back to remote_addr.
                     let key = *rng.pick(&["remote_addr", "remote_port", "server_port", "nothing"]);
-                    if key != "nothing" || rng.chance(0.5) {
-                        u.insert("key".into(), json!(key));
-                    }
+                    u.insert("key".into(), json!(key));
                 }
                 1 => {
                     u.insert("type".into(), json!("chash"));
