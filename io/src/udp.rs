@@ -28,7 +28,7 @@ impl Worker {
     pub(crate) fn on_udp_listener(&mut self, index: usize) {
         let mut buf = std::mem::take(&mut self.datagram);
         let local = match self.listeners.get(index) {
-            Some(Some(BoundListener::Udp(socket))) => socket.local_addr().ok(),
+            Some(Some(BoundListener::Udp(_))) => self.listener_addr(index),
             _ => None,
         };
         let Some(local) = local else {

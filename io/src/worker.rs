@@ -39,6 +39,8 @@ pub struct Worker {
     pub(crate) engine: Engine,
     pub(crate) clock: Clock,
     pub(crate) listeners: Vec<Option<BoundListener>>,
+    /// Each listener's bound address, read once (not a getsockname per accept).
+    listener_addrs: Vec<Option<std::net::SocketAddr>>,
     pub(crate) conns: Vec<Option<ConnIo>>,
     /// Splice pipes, held only by directions with bytes in flight.
     pub(crate) pipes: PipePool,
@@ -71,6 +73,13 @@ impl Worker {
             poll,
             engine,
             clock: Clock::new(),
+            listener_addrs: listeners
+                .iter()
+                .map(|l| match l {
+                    BoundListener::Tcp(l) => l.local_addr().ok(),
+                    BoundListener::Udp(s) => s.local_addr().ok(),
+                })
+                .collect(),
             listeners: listeners.into_iter().map(Some).collect(),
             conns: Vec::new(),
             pipes: PipePool::new(PIPES_MAX),
@@ -202,10 +211,7 @@ impl Worker {
     }
 
     fn accept(&mut self, index: usize) {
-        let Some(Some(BoundListener::Tcp(listener))) = self.listeners.get(index) else {
-            return;
-        };
-        let bound_addr = listener.local_addr().ok();
+        let bound_addr = self.listener_addr(index);
         for _ in 0..ACCEPTS_PER_WAKE {
             let Some(Some(BoundListener::Tcp(listener))) = self.listeners.get(index) else {
                 return;
@@ -367,10 +373,17 @@ impl Worker {
     }
 
     pub(crate) fn perform_actions(&mut self) {
-        while let Some(action) = self.engine.poll_action() {
+        let mut next = None;
+        while let Some(action) = next.take().or_else(|| self.engine.poll_action()) {
             match action {
                 Action::Connect { conn, addr } => self.connect(conn, addr),
                 Action::Shutdown { conn, side } => {
+                    // A shutdown right before a clean close of the same connection is
+                    // redundant: close sends the FIN (both peers are done, nothing is unread).
+                    next = self.engine.poll_action();
+                    if matches!(next, Some(Action::Close { conn: c, reset: false }) if c == conn) {
+                        continue;
+                    }
                     if let Some(socket) = self.conn_mut(conn).and_then(|c| c.socket(side)) {
                         let _ = socket.shutdown(Shutdown::Write);
                     }
@@ -418,7 +431,6 @@ impl Worker {
     }
 
     fn close(&mut self, id: ConnId, reset: bool) {
-        let registry = self.poll.registry();
         let Some(entry) = self.conns.get_mut(id.index as usize) else {
             return;
         };
@@ -429,13 +441,17 @@ impl Worker {
         for pipe in conn.pipes.into_iter().flatten() {
             self.pipes.give_back(pipe);
         }
-        for mut socket in conn.sockets.into_iter().flatten() {
-            let _ = registry.deregister(&mut socket);
+        // No epoll_ctl(DEL): closing a descriptor removes it from the epoll set.
+        for socket in conn.sockets.into_iter().flatten() {
             if reset {
                 // SO_LINGER 0: close sends RST, so the peer sees an abort, not a clean end.
                 let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
             }
         }
+    }
+
+    pub(crate) fn listener_addr(&self, index: usize) -> Option<std::net::SocketAddr> {
+        self.listener_addrs.get(index).copied().flatten()
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut ConnIo> {
