@@ -773,11 +773,8 @@ impl Drop for Upstream {
 /// std's listeners queue only 128 connections; tests open hundreds at once,
 /// and an overflowing queue delays connections by SYN-ACK retransmits.
 fn listen_with_backlog(bind: SocketAddr) -> io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(bind),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(bind), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.bind(&bind.into())?;
     socket.listen(2048)?;
     Ok(socket.into())
