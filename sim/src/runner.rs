@@ -379,6 +379,9 @@ impl Sim {
                 Action::UdpClose { session } => self.on_udp_close(session),
                 Action::Probe { probe, addr } => self.on_probe(probe, addr),
                 Action::ProbeCancel { probe } => self.on_probe_cancel(probe),
+                Action::Splice { conn } => {
+                    panic!("splice is granted only to a driver that can splice, and this one says it cannot: {conn:?}")
+                }
             }
         }
         self.record_health();
