@@ -32,6 +32,7 @@
 //! command that replays it. Bugs found this way are listed in FOUND.md and
 //! kept as regression seeds in tests/regressions.rs.
 
+pub mod fuzz_targets;
 pub mod grammar;
 pub mod invariants;
 pub mod models;

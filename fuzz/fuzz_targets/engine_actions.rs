@@ -1,0 +1,6 @@
+#![no_main]
+//! See fuzz/README.md and strait_sim::fuzz_targets::engine_actions.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| strait_sim::fuzz_targets::engine_actions(data));
