@@ -13,7 +13,16 @@
 //!   every action: byte integrity and order, half-close, routing per the
 //!   reference matcher, exact smooth weighted round robin, timeouts never
 //!   early, and everything released once the run drains.
-//! - property tests (tests/) of the router, balancer and config parsing.
+//!   The world has TCP connections, UDP sessions (datagrams, replies, ICMP
+//!   errors, idle and `proxy_responses` expiry, the session limit) and
+//!   upstreams with health `checks` (the driver answers `Probe` per the node
+//!   model; every pick is judged against the health the control plane shows).
+//! - property tests (tests/) of the router, balancers (round robin, chash
+//!   against APISIX's ring, least_conn, priority groups) and config parsing.
+//! - the fuzz targets' bodies ([`fuzz_targets`]), shared by the cargo-fuzz
+//!   crate in fuzz/ and the stable corpus replay (tests/fuzz_corpus.rs).
+//! - a turmoil shell (tests/turmoil_shell.rs): a thin tokio driver around the
+//!   same engine on simulated hosts, with crashes, partitions and held links.
 //!
 //! It **never** uses real sockets, threads, the wall clock or OS randomness
 //! inside a run: everything comes from the seed ([`rng`]), so one seed is one
