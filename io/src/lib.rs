@@ -22,6 +22,7 @@ mod listeners;
 mod probe;
 mod splice;
 mod udp;
+mod udp_batch;
 mod worker;
 mod workers;
 

@@ -1,117 +1,171 @@
 //! The worker's UDP side: client datagrams on UDP listeners, one connected
 //! socket per session towards its upstream node, replies sent back from the
 //! listener's socket. The engine decides (session, node, end of session); this
-//! file only moves datagrams, each straight from the worker's one receive
-//! buffer, without a copy or an allocation per datagram.
+//! file only moves datagrams.
+//!
+//! Batching (recvmmsg/sendmmsg, `udp_batch.rs`): client datagrams are read many
+//! per call; replies from every session are received straight into one reply
+//! batch and leave in one sendmmsg per listener at the end of the wake-up. A
+//! receive that returns fewer datagrams than it had room for means the socket
+//! is drained, which saves the extra call that would only say EAGAIN.
 
 use crate::conn_io::session_token;
 use crate::listeners::BoundListener;
+use crate::udp_batch::Batch;
 use crate::worker::Worker;
 use mio::net::UdpSocket;
 use mio::{Interest, Token};
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use strait_engine::{ListenerId, SessionId};
 
 /// Datagrams handled per socket per wake-up before other sockets get a turn.
 const DATAGRAMS_PER_WAKE: usize = 256;
-/// The largest UDP payload over IPv4 is 65507 bytes; IPv6 jumbograms aside, this holds any datagram.
-pub const DATAGRAM_BYTES_MAX: usize = 65536;
+/// Datagrams per batch.
+pub const BATCH_SLOTS: usize = crate::udp_batch::BATCH_MAX;
 
 pub struct SessionIo {
     pub id: SessionId,
     pub socket: UdpSocket,
 }
 
+/// Replies waiting to leave, and the listener each one leaves from.
+pub struct Replies {
+    pub batch: Batch,
+    pub listener: [u32; BATCH_SLOTS],
+}
+
+impl Default for Replies {
+    fn default() -> Replies {
+        Replies { batch: Batch::default(), listener: [0; BATCH_SLOTS] }
+    }
+}
+
 impl Worker {
     /// Client datagrams on UDP listener `index`.
     pub(crate) fn on_udp_listener(&mut self, index: usize) {
-        let mut buf = std::mem::take(&mut self.datagram);
-        let local = match self.listeners.get(index) {
-            Some(Some(BoundListener::Udp(_))) => self.listener_addr(index),
-            _ => None,
-        };
-        let Some(local) = local else {
-            self.datagram = buf;
+        let (Some(Some(BoundListener::Udp(socket))), Some(local)) =
+            (self.listeners.get(index), self.listener_addr(index))
+        else {
             return;
         };
-        let mut exhausted = true;
-        for _ in 0..DATAGRAMS_PER_WAKE {
-            let Some(Some(BoundListener::Udp(socket))) = self.listeners.get(index) else { break };
-            let (len, peer) = match socket.recv_from(&mut buf) {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    exhausted = false;
-                    break;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::debug!("{}: recv on {local} failed: {e}", self.name);
+        let fd = socket.as_raw_fd();
+        let mut batch = std::mem::take(&mut self.client_batch);
+        let mut handled = 0;
+        let mut exhausted = false;
+        loop {
+            batch.clear();
+            let n = batch.receive(fd).unwrap_or_else(|e| {
+                log::debug!("{}: recvmmsg on {local} failed: {e}", self.name);
+                0
+            });
+            for slot in 0..n {
+                let Some(peer) = batch.source(slot) else { continue };
+                let data = batch.datagram(slot);
+                let now = self.clock.now();
+                let Ok(session) =
+                    self.engine.handle_client_datagram(now, ListenerId(index as u32), local, peer, data.len())
+                else {
                     continue;
-                }
-            };
-            let now = self.clock.now();
-            let Ok(session) = self.engine.handle_client_datagram(now, ListenerId(index as u32), local, peer, len)
-            else {
-                continue;
-            };
-            // A new session's UdpConnect is queued: its socket must exist before the send.
-            self.perform_actions();
-            let Some(entry) = self.session_mut(session) else { continue };
-            match entry.socket.send(&buf[..len]) {
-                Ok(_) => {}
-                // The socket's send buffer is full: UDP may drop, and does.
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(_) => {
-                    self.engine.handle_upstream_error(now, session);
-                    self.perform_actions();
+                };
+                // A new session's UdpConnect is queued: its socket must exist before the send.
+                self.perform_actions();
+                let Some(entry) = self.session_mut(session) else { continue };
+                match entry.socket.send(data) {
+                    Ok(_) => {}
+                    // The socket's send buffer is full: UDP may drop, and does.
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        self.engine.handle_upstream_error(now, session);
+                        self.perform_actions();
+                    }
                 }
             }
+            handled += n;
+            if n < batch.capacity() {
+                break;
+            }
+            if handled >= DATAGRAMS_PER_WAKE {
+                exhausted = true;
+                break;
+            }
         }
-        self.datagram = buf;
+        self.client_batch = batch;
         if exhausted {
             self.again.push_back(Token(index));
         }
     }
 
-    /// Replies on a session's upstream socket.
+    /// Replies on a session's upstream socket, received into the reply batch.
     pub(crate) fn on_session(&mut self, slot: usize) {
-        let mut buf = std::mem::take(&mut self.datagram);
-        let mut exhausted = true;
-        for _ in 0..DATAGRAMS_PER_WAKE {
-            let Some(Some(entry)) = self.sessions.get_mut(slot) else {
-                exhausted = false;
-                break;
-            };
-            let id = entry.id;
+        let mut replies = std::mem::take(&mut self.replies);
+        let mut handled = 0;
+        let mut exhausted = false;
+        loop {
+            let Some(Some(entry)) = self.sessions.get(slot) else { break };
+            let (id, fd) = (entry.id, entry.socket.as_raw_fd());
+            if replies.batch.len() == replies.batch.capacity() {
+                self.send_replies(&mut replies);
+            }
+            let before = replies.batch.len();
+            let free = replies.batch.capacity() - before;
             let now = self.clock.now();
-            let len = match entry.socket.recv(&mut buf) {
-                Ok(len) => len,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    exhausted = false;
-                    break;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            let n = match replies.batch.receive(fd) {
+                Ok(n) => n,
+                // ECONNREFUSED: the node answered with ICMP port unreachable.
                 Err(_) => {
-                    // ECONNREFUSED: the node answered with ICMP port unreachable.
                     self.engine.handle_upstream_error(now, id);
                     self.perform_actions();
-                    exhausted = false;
                     break;
                 }
             };
-            let Some(reply) = self.engine.handle_upstream_datagram(now, id, len) else { continue };
-            if let Some(Some(BoundListener::Udp(listener))) = self.listeners.get(reply.listener.0 as usize) {
-                let _ = listener.send_to(&buf[..len], reply.peer);
+            for s in before..before + n {
+                let len = replies.batch.datagram(s).len();
+                let reply = self.engine.handle_upstream_datagram(now, id, len);
+                replies.batch.set_destination(s, reply.map(|r| r.peer));
+                replies.listener[s] = reply.map_or(0, |r| r.listener.0);
             }
+            // proxy_responses may have ended the session: its socket closes here.
             self.perform_actions();
+            handled += n;
+            if n < free {
+                break;
+            }
+            if handled >= DATAGRAMS_PER_WAKE {
+                exhausted = true;
+                break;
+            }
         }
-        self.datagram = buf;
+        self.replies = replies;
         if exhausted {
             if let Some(Some(entry)) = self.sessions.get(slot) {
                 self.again.push_back(session_token(entry.id));
             }
         }
+    }
+
+    /// Sends every waiting reply, one sendmmsg per listener.
+    pub(crate) fn flush_replies(&mut self) {
+        if self.replies.batch.is_empty() {
+            return;
+        }
+        let mut replies = std::mem::take(&mut self.replies);
+        self.send_replies(&mut replies);
+        self.replies = replies;
+    }
+
+    fn send_replies(&mut self, replies: &mut Replies) {
+        let filled = replies.batch.len();
+        let mut listeners: Vec<u32> = replies.listener[..filled].to_vec();
+        listeners.sort_unstable();
+        listeners.dedup();
+        for listener in listeners {
+            if let Some(Some(BoundListener::Udp(socket))) = self.listeners.get(listener as usize) {
+                replies.batch.send(socket.as_raw_fd(), |s| replies.listener[s] == listener);
+            }
+        }
+        replies.batch.clear();
     }
 
     pub(crate) fn udp_connect(&mut self, id: SessionId, addr: SocketAddr) {
@@ -143,9 +197,8 @@ impl Worker {
     pub(crate) fn udp_close(&mut self, id: SessionId) {
         if let Some(entry) = self.sessions.get_mut(id.index as usize) {
             if entry.as_ref().is_some_and(|e| e.id == id) {
-                if let Some(mut session) = entry.take() {
-                    let _ = self.poll.registry().deregister(&mut session.socket);
-                }
+                // Dropping closes the socket, which also takes it out of the epoll set.
+                *entry = None;
             }
         }
     }

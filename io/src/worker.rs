@@ -5,7 +5,8 @@ use crate::conn_io::{conn_token, token_conn, ConnIo, SESSION_TOKEN_BASE, WAKER_T
 use crate::listeners::BoundListener;
 use crate::probe::{ProbeIo, PROBE_TOKEN_BASE};
 use crate::splice::PipePool;
-use crate::udp::{SessionIo, DATAGRAM_BYTES_MAX};
+use crate::udp::{Replies, SessionIo, BATCH_SLOTS};
+use crate::udp_batch::Batch;
 use mio::{Events, Interest, Poll, Token};
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
@@ -46,8 +47,10 @@ pub struct Worker {
     pub(crate) pipes: PipePool,
     pub(crate) sessions: Vec<Option<SessionIo>>,
     pub(crate) probes: Vec<Option<ProbeIo>>,
-    /// The one receive buffer every datagram of this worker passes through.
-    pub(crate) datagram: Vec<u8>,
+    /// Client datagrams, read many per recvmmsg.
+    pub(crate) client_batch: Batch,
+    /// Upstream replies waiting for the end of the wake-up (one sendmmsg per listener).
+    pub(crate) replies: Replies,
     control: Receiver<Control>,
     /// Connections, sessions and listeners that used up their budget and still have work.
     pub(crate) again: VecDeque<Token>,
@@ -85,7 +88,8 @@ impl Worker {
             pipes: PipePool::new(PIPES_MAX),
             sessions: Vec::new(),
             probes: Vec::new(),
-            datagram: vec![0; DATAGRAM_BYTES_MAX],
+            client_batch: Batch::new(BATCH_SLOTS),
+            replies: Replies { batch: Batch::new(BATCH_SLOTS), listener: [0; BATCH_SLOTS] },
             control,
             again: VecDeque::new(),
             drain_deadline: None,
@@ -111,6 +115,7 @@ impl Worker {
                 self.on_ready(token);
             }
             self.again.extend(retry.drain(..));
+            self.flush_replies();
             let now = self.clock.now();
             self.engine.handle_timeout(now);
             self.perform_actions();
