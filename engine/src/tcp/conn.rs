@@ -363,6 +363,11 @@ impl TcpConn {
             if matches!(self.phase, Phase::Hello { .. }) {
                 return self.on_hello(ctx, id);
             }
+            if self.tls.is_some() {
+                // A FIN from a plain side bound for a TLS side is passed on as
+                // close_notify first; only a pump queues it.
+                return self.after_tls_io(ctx, id);
+            }
             return self.forward_eof_if_drained(ctx, id, side);
         }
         let buffer = flow.buffer.as_mut().expect("a read fills a buffer handed out by read_buf");
