@@ -1,7 +1,9 @@
 //! Stream route matching (spec §4.1).
 //!
-//! `Router` is compiled once per config snapshot and indexed by server port, so
-//! a lookup only looks at routes that can match the connection's port.
+//! `Router` is compiled once per config snapshot. It is indexed by server port
+//! and, within a port, by `remote_addr` prefix (one hash map per prefix length
+//! in use), so a lookup costs a few hash probes however many routes there are,
+//! instead of a scan.
 //! `reference::match_route` follows the spec literally (a linear scan); tests
 //! and fuzzers check that the two always agree.
 //!
@@ -28,14 +30,82 @@ pub struct MatchInput<'a> {
 pub struct Router {
     filters: Vec<AddressFilter>,
     /// Routes without `sni`, by server port; `None` = routes without `server_port`.
-    plain_by_port: HashMap<Option<u16>, Vec<u32>>,
+    plain_by_port: HashMap<Option<u16>, Bucket>,
     /// Routes with `sni`, grouped by pattern, each group in route order.
     sni_groups: HashMap<String, SniGroup>,
 }
 
 #[derive(Default)]
 struct SniGroup {
-    by_port: HashMap<Option<u16>, Vec<u32>>,
+    by_port: HashMap<Option<u16>, Bucket>,
+}
+
+/// The routes of one port (and SNI pattern), indexed by `remote_addr`.
+#[derive(Default)]
+struct Bucket {
+    /// Routes without `remote_addr`, in order.
+    any_remote: Vec<u32>,
+    /// Routes with `remote_addr`: per (IPv6?, prefix length), the masked
+    /// network → its routes in order.
+    by_prefix: Vec<(bool, u8, HashMap<IpAddr, Vec<u32>>)>,
+}
+
+impl Bucket {
+    fn push(&mut self, index: u32, remote: Option<crate::model::IpMatch>) {
+        let Some(remote) = remote else {
+            self.any_remote.push(index);
+            return;
+        };
+        let key = (remote.network().is_ipv6(), remote.prefix_len());
+        let position = match self.by_prefix.iter().position(|(v6, len, _)| (*v6, *len) == key) {
+            Some(position) => position,
+            None => {
+                self.by_prefix.push((key.0, key.1, HashMap::new()));
+                self.by_prefix.len() - 1
+            }
+        };
+        self.by_prefix[position].2.entry(remote.network()).or_default().push(index);
+    }
+
+    /// The lowest route index in this bucket whose filters accept `input`.
+    fn first(&self, filters: &[AddressFilter], input: &MatchInput<'_>) -> Option<u32> {
+        let accepts = |i: &&u32| filters[**i as usize].accepts(input);
+        let mut best = self.any_remote.iter().find(accepts).copied();
+        let client = unmapped(input.remote_addr);
+        for (v6, len, networks) in &self.by_prefix {
+            if *v6 != client.is_ipv6() {
+                continue;
+            }
+            if let Some(list) = networks.get(&masked(client, *len)) {
+                // Lists are in order: only an earlier route than `best` can matter.
+                if let Some(&i) = list.iter().take_while(|&&i| best.is_none_or(|b| i < b)).find(accepts) {
+                    best = Some(i);
+                }
+            }
+        }
+        best
+    }
+}
+
+/// IPv4 clients on a dual-stack socket show as ::ffff:a.b.c.d; rules are written in IPv4.
+fn unmapped(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+        v4 => v4,
+    }
+}
+
+fn masked(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -69,7 +139,7 @@ impl Router {
             let index = index as u32;
             router.filters.push(AddressFilter::of(route));
             if route.snis.is_empty() {
-                router.plain_by_port.entry(route.server_port).or_default().push(index);
+                router.plain_by_port.entry(route.server_port).or_default().push(index, route.remote_addr);
             } else {
                 for pattern in &route.snis {
                     router
@@ -79,7 +149,7 @@ impl Router {
                         .by_port
                         .entry(route.server_port)
                         .or_default()
-                        .push(index);
+                        .push(index, route.remote_addr);
                 }
             }
         }
@@ -103,10 +173,8 @@ impl Router {
     }
 
     /// The first route (lowest index) among those for this port and those for any port.
-    fn first_in(&self, by_port: &HashMap<Option<u16>, Vec<u32>>, input: &MatchInput<'_>) -> Option<usize> {
-        let pick = |list: Option<&Vec<u32>>| {
-            list.and_then(|l| l.iter().copied().find(|&i| self.filters[i as usize].accepts(input)))
-        };
+    fn first_in(&self, by_port: &HashMap<Option<u16>, Bucket>, input: &MatchInput<'_>) -> Option<usize> {
+        let pick = |bucket: Option<&Bucket>| bucket.and_then(|b| b.first(&self.filters, input));
         let exact = pick(by_port.get(&Some(input.server_port)));
         let any = pick(by_port.get(&None));
         match (exact, any) {
