@@ -94,6 +94,8 @@ fn a_dead_node_leaves_within_the_check_interval_and_returns_after_successes() {
     });
     assert_eq!(names(listen, 6), vec!["a"; 6], "an unhealthy node gets no connections");
 
+    // The old listener closes on its accept thread; bind again once it is gone.
+    wait_until("b's old listener has closed", || TcpStream::connect(b_addr).is_err());
     let _b = named_on(b_addr, "b");
     wait_until_for("b serves again", Duration::from_secs(5), || names(listen, 2).contains(&"b".to_string()));
     let (status, body) = http_json(control, "GET", "/v1/healthcheck", None, None);

@@ -775,6 +775,9 @@ impl Drop for Upstream {
 fn listen_with_backlog(bind: SocketAddr) -> io::Result<TcpListener> {
     let socket =
         socket2::Socket::new(socket2::Domain::for_address(bind), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    // As std's TcpListener::bind: a node brought back on its old port must not
+    // trip over that port's TIME_WAIT connections.
+    socket.set_reuse_address(true)?;
     socket.bind(&bind.into())?;
     socket.listen(2048)?;
     Ok(socket.into())
