@@ -79,11 +79,13 @@ pub enum DatagramDrop {
 }
 
 /// Where the driver sends a reply from an upstream: out of `listener`'s
-/// socket to `peer`.
+/// socket to `peer`, from `local` (the address the client sent to, which on a
+/// wildcard listener must be set explicitly so the client accepts the reply).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplyTo {
     pub listener: crate::ids::ListenerId,
     pub peer: SocketAddr,
+    pub local: SocketAddr,
 }
 
 /// Why a connection ended (for logs and counters).

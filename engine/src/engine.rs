@@ -383,6 +383,7 @@ impl Engine {
         let id = self.sessions.insert(UdpSession {
             listener,
             peer,
+            local,
             upstream,
             node,
             last_activity: now,
@@ -410,7 +411,7 @@ impl Engine {
         let entry = &mut self.sessions.slots[index];
         entry.last_activity = now;
         entry.datagrams_down += 1;
-        let reply = ReplyTo { listener: entry.listener, peer: entry.peer };
+        let reply = ReplyTo { listener: entry.listener, peer: entry.peer, local: entry.local };
         if let Some(left) = entry.responses_left.as_mut() {
             *left -= 1;
             if *left == 0 {

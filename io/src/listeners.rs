@@ -34,6 +34,11 @@ pub fn bind_udp(spec: &ListenSpec) -> Result<mio::net::UdpSocket, BindError> {
     let err = |error| BindError { addr: spec.addr, error };
     let socket = Socket::new(Domain::for_address(spec.addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     prepare(&socket, spec.addr).map_err(err)?;
+    if spec.addr.ip().is_unspecified() {
+        // A wildcard listener must learn each datagram's destination: for routing
+        // on server_addr, and to answer from the address the client sent to.
+        receive_destination_addresses(&socket, spec.addr).map_err(err)?;
+    }
     Ok(mio::net::UdpSocket::from_std(socket.into()))
 }
 
@@ -64,4 +69,28 @@ pub fn bind_all(specs: &[ListenSpec]) -> Result<Vec<BoundListener>, BindError> {
             config::Protocol::Udp => bind_udp(spec).map(BoundListener::Udp),
         })
         .collect()
+}
+
+fn receive_destination_addresses(socket: &Socket, addr: SocketAddr) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, name) = if addr.is_ipv6() {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to a live c_int and its size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -62,6 +62,8 @@ impl Worker {
             });
             for slot in 0..n {
                 let Some(peer) = batch.source(slot) else { continue };
+                // On a wildcard listener the datagram's own destination is the server address.
+                let local = batch.destination_ip(slot).map_or(local, |ip| SocketAddr::new(ip, local.port()));
                 let data = batch.datagram(slot);
                 let now = self.clock.now();
                 let Ok(session) =
@@ -124,6 +126,12 @@ impl Worker {
                 let len = replies.batch.datagram(s).len();
                 let reply = self.engine.handle_upstream_datagram(now, id, len);
                 replies.batch.set_destination(s, reply.map(|r| r.peer));
+                // Answer from the address the client sent to (wildcard listeners only: a
+                // listener bound to one address already sends from it).
+                let wildcard = reply.is_some_and(|r| {
+                    self.listener_addr(r.listener.0 as usize).is_some_and(|a| a.ip().is_unspecified())
+                });
+                replies.batch.set_source_ip(s, reply.filter(|_| wildcard).map(|r| r.local.ip()));
                 replies.listener[s] = reply.map_or(0, |r| r.listener.0);
             }
             // proxy_responses may have ended the session: its socket closes here.

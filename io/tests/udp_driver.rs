@@ -169,3 +169,34 @@ fn idle_sessions_are_reaped_and_the_session_limit_drops_new_flows() {
     assert_eq!(ask(&second, port, b"three").0, b"three", "the idle session was reaped, freeing the slot");
     workers.shutdown(Duration::from_secs(1));
 }
+
+#[test]
+fn a_wildcard_listener_routes_on_the_destination_address_and_answers_from_it() {
+    let one = tagged_echo("one");
+    let two = tagged_echo("two");
+    let port = free_udp_port();
+    let resources = Resources {
+        stream_routes: vec![
+            ("1".into(), json!({"server_addr": "127.0.0.1", "upstream": {"nodes": {format!("127.0.0.1:{one}"): 1}}})),
+            ("2".into(), json!({"server_addr": "127.0.0.2", "upstream": {"nodes": {format!("127.0.0.1:{two}"): 1}}})),
+        ],
+        ..Default::default()
+    };
+    let snapshot = Arc::new(Snapshot::build(1, &resources, &mut |_| vec![]).0);
+    let addr: SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
+    let listeners =
+        vec![ListenSpec { protocol: Protocol::Udp, addr, tls: false, tls_passthrough: false, proxy_protocol: false }];
+    let workers =
+        Workers::start(WorkersConfig { workers: 1, listeners, engine: EngineConfig::default() }, snapshot).unwrap();
+    for (target, expected) in [("127.0.0.1", "one"), ("127.0.0.2", "two")] {
+        // A connected socket only accepts datagrams from the address it sent to.
+        let socket = client();
+        socket.connect((target, port)).unwrap();
+        socket.send(b"who").unwrap();
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).unwrap_or_else(|e| panic!("no reply from {target}:{port}: {e}"));
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(text.starts_with(&format!("{expected}:")), "{target} is routed by its own address: {text}");
+    }
+    workers.shutdown(Duration::from_secs(1));
+}

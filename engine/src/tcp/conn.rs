@@ -329,7 +329,8 @@ impl TcpConn {
                 return self.layer_mut(side).expect("checked above").read_buf(pool);
             }
         }
-        if side == Side::Upstream && !self.is_streaming() {
+        // A spliced connection's bytes never pass through the engine.
+        if self.spliced || (side == Side::Upstream && !self.is_streaming()) {
             return None;
         }
         let flow = &mut self.flows[side.index()];
@@ -406,7 +407,7 @@ impl TcpConn {
         if let Some(layer) = self.layer(side) {
             return layer.write_buf();
         }
-        if side == Side::Upstream && !self.is_streaming() {
+        if self.spliced || (side == Side::Upstream && !self.is_streaming()) {
             return &[];
         }
         self.flows[side.other().index()].buffer.as_ref().map_or(&[], RingBuffer::data)

@@ -15,6 +15,8 @@ use std::time::Duration;
 pub(crate) struct UdpSession {
     pub listener: ListenerId,
     pub peer: SocketAddr,
+    /// The address the client sent to (replies leave from it).
+    pub local: SocketAddr,
     pub upstream: Arc<ResolvedUpstream>,
     pub node: usize,
     pub last_activity: Time,

@@ -27,6 +27,8 @@ const DATAGRAM_MAX: u64 = 1500;
 pub(super) struct SimSession {
     pub listener: ListenerId,
     pub peer: SocketAddr,
+    /// The address the client sent to: replies must leave from it.
+    pub local: SocketAddr,
     pub resolved: Arc<ResolvedUpstream>,
     pub node: SocketAddr,
     pub last_activity: Time,
@@ -47,7 +49,7 @@ pub(super) struct UdpWorld {
     pub sessions: BTreeMap<SessionId, SimSession>,
     by_flow: BTreeMap<(ListenerId, SocketAddr), SessionId>,
     /// A session the engine just opened, until its `UdpConnect` is seen.
-    opening: Option<(SessionId, ListenerId, SocketAddr, ExpectedUpstream, Arc<ResolvedUpstream>)>,
+    opening: Option<(SessionId, ListenerId, SocketAddr, SocketAddr, ExpectedUpstream, Arc<ResolvedUpstream>)>,
     /// A session the engine must end in the call being made, and why.
     ending: Option<(SessionId, Ending)>,
 }
@@ -94,7 +96,7 @@ impl Sim {
             }
             (Ok(id), Ok(Some((e, up)))) => {
                 assert!(!self.udp.sessions.contains_key(&id), "a new session gets an id no live session has");
-                self.udp.opening = Some((id, listener, peer, e, up));
+                self.udp.opening = Some((id, listener, peer, local, e, up));
                 self.drain_actions();
                 assert!(self.udp.opening.is_none(), "a new session asks for its UdpConnect at once");
                 self.stats.udp_sessions += 1;
@@ -154,7 +156,7 @@ impl Sim {
         };
         assert_eq!(
             reply,
-            Some(ReplyTo { listener: session.listener, peer: session.peer }),
+            Some(ReplyTo { listener: session.listener, peer: session.peer, local: session.local }),
             "a client only ever gets replies from its own session"
         );
         self.stats.udp_replies += 1;
@@ -188,7 +190,7 @@ impl Sim {
 
     pub(super) fn on_udp_connect(&mut self, id: SessionId, addr: SocketAddr) {
         self.ev("udp_connect", &[u64::from(id.index), u64::from(id.generation)]);
-        let (opened, listener, peer, expected, resolved) =
+        let (opened, listener, peer, local, expected, resolved) =
             self.udp.opening.take().expect("a UdpConnect follows the datagram that opened its session");
         assert_eq!(opened, id, "the UdpConnect names the session just opened");
         let index = expected.addrs.iter().position(|a| *a == addr).unwrap_or_else(|| {
@@ -202,6 +204,7 @@ impl Sim {
         let session = SimSession {
             listener,
             peer,
+            local,
             resolved,
             node: addr,
             last_activity: self.now,
