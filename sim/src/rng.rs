@@ -1,29 +1,26 @@
-//! The simulator's own seeded PRNG (SplitMix64): tiny, fast, and fully
-//! determined by the seed, so a run replays bit for bit on any machine. The
-//! engine has its own RNG seeded separately; the two never share state.
+//! The simulator's seeded PRNG: the engine's SplitMix64 with the draws a
+//! simulator needs (ranges, chances, weighted picks), fully determined by the
+//! seed so a run replays bit for bit on any machine. The engine's own RNG is a
+//! separate instance, seeded separately; the two never share state.
 
 #[derive(Clone, Debug)]
 pub struct Rng {
-    state: u64,
+    /// The engine's SplitMix64 core; the helpers below are the simulator's own.
+    core: strait_engine::rng::Rng,
 }
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng { state: seed }
+        Rng { core: strait_engine::rng::Rng::new(seed) }
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.core.next_u64()
     }
 
-    /// Uniform in `0..n` (`n > 0`). The modulo bias is irrelevant at our `n`s.
+    /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: u64) -> u64 {
-        debug_assert!(n > 0, "below(0) has no answer");
-        self.next_u64() % n
+        self.core.below(n)
     }
 
     /// Uniform in `lo..=hi`.
