@@ -204,25 +204,11 @@ impl Engine {
             Err(DatagramDrop::NoRoute) => return Err(Refusal::NoRoute),
             Err(_) => return Err(Refusal::NoUpstream),
         };
-        let entry = self.conns.vacant_entry();
-        let index = entry.key();
-        if index >= self.generations.len() {
-            self.generations.resize(index + 1, 0);
-            self.conn_armed.resize(index + 1, None);
-        }
-        let id = ConnId { index: index as u32, generation: self.generations[index] };
-        let mut ctx = Ctx {
-            now,
-            pool: &mut self.pool,
-            actions: &mut self.actions,
-            balancers: &mut self.balancers,
-            rng: &mut self.rng,
-            snapshot: &self.snapshot,
-            config: &self.config,
-        };
-        match TcpConn::start(&mut ctx, id, listener, local, peer, route_id, upstream) {
+        let id = self.next_conn_id();
+        match TcpConn::start(&mut self.ctx(now), id, listener, local, peer, route_id, upstream) {
             Ok(conn) => {
-                entry.insert(conn);
+                let index = self.conns.insert(conn);
+                debug_assert_eq!(index, id.index as usize, "a connection lands in the slot its id names");
                 self.rearm_conn(index);
                 Ok(id)
             }
@@ -243,13 +229,27 @@ impl Engine {
         peer: SocketAddr,
         listen: ListenTls,
     ) -> ConnId {
-        let entry = self.conns.vacant_entry();
-        let index = entry.key();
+        let id = self.next_conn_id();
+        let conn = TcpConn::hello(&mut self.ctx(now), listener, local, peer, listen);
+        let index = self.conns.insert(conn);
+        debug_assert_eq!(index, id.index as usize, "a connection lands in the slot its id names");
+        self.rearm_conn(index);
+        id
+    }
+
+    /// The id the next connection gets: slab's next slot and that slot's generation.
+    fn next_conn_id(&mut self) -> ConnId {
+        let index = self.conns.vacant_key();
         if index >= self.generations.len() {
             self.generations.resize(index + 1, 0);
             self.conn_armed.resize(index + 1, None);
         }
-        let mut ctx = Ctx {
+        ConnId { index: index as u32, generation: self.generations[index] }
+    }
+
+    /// What a connection's transitions may touch besides the connection.
+    fn ctx(&mut self, now: Time) -> Ctx<'_> {
+        Ctx {
             now,
             pool: &mut self.pool,
             actions: &mut self.actions,
@@ -257,10 +257,7 @@ impl Engine {
             rng: &mut self.rng,
             snapshot: &self.snapshot,
             config: &self.config,
-        };
-        entry.insert(TcpConn::hello(&mut ctx, listener, local, peer, listen));
-        self.rearm_conn(index);
-        ConnId { index: index as u32, generation: self.generations[index] }
+        }
     }
 
     /// The upstream connect asked for by `Action::Connect` finished.
