@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use strait_admin::etcd::tls::ClientConfig;
 use strait_admin::{etcd, standalone, AdminHandle, AdminOptions, FileStore, Publish};
 use strait_engine::config::{ConfigProvider, Role, StraitConfig};
 use strait_engine::Resources;
@@ -24,22 +25,30 @@ const APPLY_WAIT_MAX: Duration = Duration::from_secs(2);
 
 pub enum Source {
     Embedded(FileStore),
-    Etcd { node: etcd::node::EtcdNode, first: Resources },
+    Etcd { node: etcd::node::EtcdNode, first: Resources, tls: Option<Arc<ClientConfig>> },
     Standalone { path: PathBuf, objects: standalone::FileObjects },
 }
 
 impl Source {
     /// Opens the source and reads the first object set; an error stops the start.
-    pub fn open(config_path: &Path, config: &StraitConfig, seed: u64) -> Result<Source, String> {
+    /// `system_roots_pem` (the system CA bundle) is trusted by `https://` etcd hosts.
+    pub fn open(
+        config_path: &Path,
+        config: &StraitConfig,
+        seed: u64,
+        system_roots_pem: Option<&str>,
+    ) -> Result<Source, String> {
         match &config.deployment.provider {
             ConfigProvider::Embedded => {
                 let data_dir = crate::resolve_beside(config_path, &config.data_dir);
                 Ok(Source::Embedded(FileStore::open(&data_dir).map_err(|e| e.to_string())?))
             }
             ConfigProvider::Etcd(settings) => {
-                let mut node = etcd::node::EtcdNode::new(settings, seed);
+                let base_dir = config_path.parent().unwrap_or(Path::new("."));
+                let tls = etcd::tls::client_config(settings, base_dir, system_roots_pem)?;
+                let mut node = etcd::node::EtcdNode::new(settings, seed, tls.clone());
                 let first = node.load()?.resources;
-                Ok(Source::Etcd { node, first })
+                Ok(Source::Etcd { node, first, tls })
             }
             ConfigProvider::Yaml => {
                 let path = crate::resolve_beside(config_path, "apisix.yaml");
@@ -75,7 +84,7 @@ impl Source {
                 }
                 strait_admin::spawn(options(None), store, Publish::Direct(publish)).map(Some).map_err(admin_error)
             }
-            Source::Etcd { node, .. } => {
+            Source::Etcd { node, tls, .. } => {
                 let ConfigProvider::Etcd(settings) = &config.deployment.provider else {
                     unreachable!("an etcd source comes from an etcd provider")
                 };
@@ -91,7 +100,7 @@ impl Source {
                      from etcd and refuses writes; write through a traditional node's Admin API"
                         .to_string()
                 });
-                let store = etcd::EtcdStore::new(settings);
+                let store = etcd::EtcdStore::new(settings, tls);
                 let publish = Publish::AwaitApplied { applied, limit: APPLY_WAIT_MAX.min(settings.timeout) };
                 strait_admin::spawn(options(read_only), store, publish).map(Some).map_err(admin_error)
             }

@@ -65,13 +65,14 @@ fn run(config_path: &Path) -> Result<(), String> {
     let mut config = load_config(config_path)?;
     strait_admin::ensure_admin_key(config_path, &mut config);
 
-    let source = config_source::Source::open(config_path, &config, process_seed())?;
+    // The system's CA bundle, read once here (the engine reads no files): trusted by
+    // upstreams with `tls.verify: true` and no `tls.ca_certs`, and by https:// etcd hosts.
+    let system_roots = system_roots_pem();
+    let source = config_source::Source::open(config_path, &config, process_seed(), system_roots.as_deref())?;
     let version = Arc::new(AtomicU64::new(1));
     // Node health and least_conn counts outlive every snapshot and are seen by every worker.
     let mut shared = SharedState::default();
-    // Upstreams with `tls.verify: true` and no `tls.ca_certs` trust the system's
-    // roots; the engine reads no files, so the bundle is read here, once.
-    shared.tls.system_roots_pem = system_roots_pem();
+    shared.tls.system_roots_pem = system_roots;
     let snapshot = build_snapshot(version.fetch_add(1, Ordering::Relaxed), &source.initial_resources(), &shared);
 
     let listeners: Vec<ListenSpec> = if config.proxy_mode.stream_enabled() {

@@ -9,13 +9,16 @@
 //! Endpoints (`deployment.etcd.host`) are tried in order; a connection failure
 //! moves to the next one. With `user`/`password`, a token from
 //! `/v3/auth/authenticate` goes in the `Authorization` header and is renewed
-//! once on a 401. TLS to etcd (`https://`) is not implemented: such endpoints
-//! are refused with a message that says so.
+//! once on a 401. `https://` endpoints go through TLS ([`super::tls`]) with
+//! the same HTTP code on top.
 
 use super::gateway;
+use super::tls::Conn;
+use rustls::ClientConfig;
 use serde_json::Value;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 use strait_engine::config::{EtcdEndpoint, EtcdSettings};
 
@@ -60,11 +63,17 @@ pub struct Client {
     timeout: Duration,
     credentials: Option<(String, String)>,
     token: Option<String>,
-    connection: Option<BufReader<TcpStream>>,
+    connection: Option<BufReader<Conn>>,
+    /// For `https://` endpoints ([`super::tls::client_config`]).
+    tls: Option<Arc<ClientConfig>>,
+    /// `deployment.etcd.tls.sni`: the TLS server name instead of the URL's host.
+    sni: Option<String>,
 }
 
 impl Client {
-    pub fn new(settings: &EtcdSettings) -> Client {
+    /// A client for `settings.hosts`; `tls` is required for `https://` hosts
+    /// (without it they are refused at connect).
+    pub fn new(settings: &EtcdSettings, tls: Option<Arc<ClientConfig>>) -> Client {
         let credentials = settings.user.clone().zip(settings.password.clone());
         Client {
             endpoints: settings.hosts.clone(),
@@ -73,6 +82,8 @@ impl Client {
             credentials,
             token: None,
             connection: None,
+            tls,
+            sni: settings.tls.sni.clone(),
         }
     }
 
@@ -123,7 +134,7 @@ impl Client {
                 let body = read_body(&mut reader, &head).unwrap_or_default();
                 return into_result(head.status, parse_json(&body)).map(|_| unreachable!("status is not 200"));
             }
-            reader.get_ref().set_read_timeout(Some(idle_timeout)).map_err(|e| self.transport_error(&e))?;
+            reader.get_ref().tcp().set_read_timeout(Some(idle_timeout)).map_err(|e| self.transport_error(&e))?;
             let body: Box<dyn Read + Send> = if head.chunked {
                 Box::new(Chunked::new(reader))
             } else {
@@ -182,11 +193,16 @@ impl Client {
     }
 
     /// Connects to the current endpoint, or the next ones in order.
-    fn connect(&mut self) -> Result<TcpStream, EtcdError> {
+    fn connect(&mut self) -> Result<Conn, EtcdError> {
         let mut errors = Vec::new();
         for _ in 0..self.endpoints.len() {
             let endpoint = self.endpoint().clone();
-            match connect_to(&endpoint, self.timeout) {
+            let connected = connect_to(&endpoint, self.timeout).and_then(|tcp| match (endpoint.tls, &self.tls) {
+                (false, _) => Ok(Conn::Plain(tcp)),
+                (true, Some(config)) => Conn::tls(config, self.sni.as_deref(), &endpoint, tcp),
+                (true, None) => Err(io::Error::other("https:// endpoint but no TLS client configuration was built")),
+            });
+            match connected {
                 Ok(stream) => return Ok(stream),
                 Err(e) => {
                     errors.push(format!("{endpoint}: {e}"));
@@ -212,9 +228,6 @@ impl Client {
 }
 
 fn connect_to(endpoint: &EtcdEndpoint, timeout: Duration) -> io::Result<TcpStream> {
-    if endpoint.tls {
-        return Err(io::Error::other("https:// (TLS to etcd) is not supported by Strait yet; use http://"));
-    }
     let mut last = io::Error::other("the host name resolved to no address");
     for addr in (endpoint.host.as_str(), endpoint.port).to_socket_addrs()? {
         match TcpStream::connect_timeout(&addr, timeout) {
@@ -247,7 +260,7 @@ fn parse_json(body: &[u8]) -> Value {
 }
 
 fn send(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Conn>,
     endpoint: &EtcdEndpoint,
     path: &str,
     body: &Value,
@@ -265,7 +278,9 @@ fn send(
     }
     request.push_str("\r\n");
     request.push_str(&body);
-    reader.get_mut().write_all(request.as_bytes())
+    let conn = reader.get_mut();
+    conn.write_all(request.as_bytes())?;
+    conn.flush()
 }
 
 struct Head {
@@ -299,7 +314,7 @@ fn read_head(reader: &mut impl BufRead) -> io::Result<Head> {
     }
 }
 
-fn read_body(reader: &mut BufReader<TcpStream>, head: &Head) -> io::Result<Vec<u8>> {
+fn read_body(reader: &mut BufReader<Conn>, head: &Head) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     let limit = BODY_BYTES_MAX as u64 + 1;
     if head.chunked {

@@ -8,7 +8,8 @@
 //! - [`node`]: the driver that runs a Syncer with blocking I/O on one
 //!   dedicated config thread and publishes what it reads.
 //! - [`http`], [`gateway`]: the small HTTP/1.1 client and the v3 JSON gateway's
-//!   encoding (etcd.md §2).
+//!   encoding (etcd.md §2); [`tls`]: TLS to `https://` hosts (verification,
+//!   client certificates).
 //!
 //! Keys and values are APISIX's (`<prefix>/stream_routes/<id>`, ...,
 //! `<prefix>/gen_id`), so a Strait node can serve from an APISIX etcd and
@@ -19,6 +20,7 @@ pub mod http;
 pub mod node;
 mod store;
 pub mod sync;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@ use super::gateway::{self, header_revision, range_kvs};
 use super::http::{Client, EtcdError};
 use super::sync::{Action, Ended, Publication, Stream, Syncer};
 use crate::applied::AppliedRevision;
+use rustls::ClientConfig;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,10 +28,11 @@ pub struct EtcdNode {
 }
 
 impl EtcdNode {
-    pub fn new(settings: &EtcdSettings, seed: u64) -> EtcdNode {
+    /// `tls`: from [`client_config`](super::tls::client_config), for `https://` hosts.
+    pub fn new(settings: &EtcdSettings, seed: u64, tls: Option<Arc<ClientConfig>>) -> EtcdNode {
         EtcdNode {
             settings: settings.clone(),
-            client: Client::new(settings),
+            client: Client::new(settings, tls),
             syncer: Syncer::new(&settings.prefix, settings.resync_delay, seed),
             epoch: Instant::now(),
         }

@@ -8,7 +8,9 @@ use super::http::{Client, EtcdError};
 use crate::config_store::{Cond, ConfigStore, PutOutcome};
 use crate::kind::Kind;
 use crate::store::{Entry, StoreError};
+use rustls::ClientConfig;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use strait_engine::config::EtcdSettings;
 
 /// The admin thread's connection to etcd. Reads go to etcd, never to this
@@ -19,8 +21,9 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    pub fn new(settings: &EtcdSettings) -> EtcdStore {
-        EtcdStore { client: Client::new(settings), prefix: settings.prefix.clone() }
+    /// `tls`: from [`client_config`](super::tls::client_config), for `https://` hosts.
+    pub fn new(settings: &EtcdSettings, tls: Option<Arc<ClientConfig>>) -> EtcdStore {
+        EtcdStore { client: Client::new(settings, tls), prefix: settings.prefix.clone() }
     }
 
     fn key(&self, kind: &str, id: &str) -> String {

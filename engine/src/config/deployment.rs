@@ -62,13 +62,23 @@ impl std::fmt::Display for EtcdEndpoint {
     }
 }
 
-/// `deployment.etcd.tls`.
+/// `deployment.etcd.tls`: used for `https://` hosts only. File paths are
+/// kept as written; the binary reads them at start (relative to config.yaml's
+/// folder).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct EtcdTls {
+    /// Client certificate (PEM file) for etcd's `--client-cert-auth`; with `key`.
     pub cert: Option<String>,
     pub key: Option<String>,
+    /// Verify etcd's certificate (APISIX's default: true) against the system's
+    /// CA bundle plus `ca`; false accepts any certificate.
     pub verify: bool,
+    /// Server name sent and verified instead of the host of the URL.
     pub sni: Option<String>,
+    /// Extra trusted CA files (PEM): Strait's `deployment.etcd.tls.ca`, then the
+    /// files listed in APISIX's `apisix.ssl.ssl_trusted_certificate`
+    /// (comma-separated; its `system` entry means the system bundle, always trusted).
+    pub ca: Vec<String>,
 }
 
 /// `deployment.etcd`, with APISIX's defaults.
@@ -235,6 +245,11 @@ fn parse_etcd(root: &Value) -> Result<EtcdSettings, ConfigError> {
     if settings.tls.cert.is_some() != settings.tls.key.is_some() {
         return Err(error("deployment.etcd.tls.cert", "cert and key must be set together"));
     }
+    settings.tls.ca.extend(optional_string(root, "deployment.etcd.tls.ca")?);
+    if let Some(list) = optional_string(root, "apisix.ssl.ssl_trusted_certificate")? {
+        let files = list.split(',').map(str::trim).filter(|f| !f.is_empty() && *f != "system");
+        settings.tls.ca.extend(files.map(String::from));
+    }
     settings.tls.verify = match lookup(root, "deployment.etcd.tls.verify") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
@@ -341,6 +356,32 @@ deployment:
         assert_eq!(etcd.startup_retry, 5);
         assert_eq!(etcd.user.as_deref(), Some("root"));
         assert!(!etcd.tls.verify);
+    }
+
+    #[test]
+    fn tls_files_and_trusted_cas_are_kept_as_written() {
+        let d = parse(
+            r#"
+apisix:
+  ssl:
+    ssl_trusted_certificate: "system, /etc/strait/extra-ca.pem"
+deployment:
+  etcd:
+    host: ["https://127.0.0.1:2379"]
+    tls: {cert: etcd-client.pem, key: etcd-client.key, ca: etcd-ca.pem, sni: etcd.internal}
+"#,
+        )
+        .unwrap();
+        let ConfigProvider::Etcd(etcd) = d.provider else { panic!("etcd expected") };
+        assert_eq!(etcd.tls.cert.as_deref(), Some("etcd-client.pem"));
+        assert_eq!(etcd.tls.key.as_deref(), Some("etcd-client.key"));
+        assert_eq!(etcd.tls.ca, ["etcd-ca.pem", "/etc/strait/extra-ca.pem"]);
+        assert_eq!(etcd.tls.sni.as_deref(), Some("etcd.internal"));
+        assert!(etcd.tls.verify);
+        let e = parse("deployment: {etcd: {tls: {cert: a.pem}}}").unwrap_err();
+        assert_eq!(e.key, "deployment.etcd.tls.cert");
+        let e = parse("deployment: {etcd: {tls: {ca: [a.pem]}}}").unwrap_err();
+        assert_eq!(e.key, "deployment.etcd.tls.ca");
     }
 
     #[test]
