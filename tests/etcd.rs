@@ -1,7 +1,8 @@
 //! Several Strait nodes on one etcd, over the real binary and a real etcd
 //! (Debian's etcd-server, started by each test on free loopback ports with a
 //! temp data dir). Without etcd the tests print a skip line, or fail when
-//! STRAIT_REQUIRE_EXTERNAL=1 (set by .ci/run).
+//! STRAIT_REQUIRE_EXTERNAL=1 (set by .ci/run). The TLS cases run etcd with
+//! certificates made at test time (rcgen) and `--client-cert-auth`.
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn etcd_binary() -> Option<PathBuf> {
@@ -28,6 +30,64 @@ fn etcd_binary() -> Option<PathBuf> {
     found
 }
 
+/// Certificates for a TLS etcd, written as PEM files: a CA, etcd's server
+/// certificate for 127.0.0.1, and a client certificate for Strait (and for
+/// the test's own calls).
+struct Pki {
+    dir: TempDir,
+    /// For the test's own calls to etcd: trusts the CA, presents the client certificate.
+    client_config: Arc<rustls::ClientConfig>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = TempDir::new("etcd-pki");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "strait test etcd ca");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let issue = |names: &[&str], usages: Vec<rcgen::ExtendedKeyUsagePurpose>| {
+            let mut params =
+                rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
+            params.extended_key_usages = usages;
+            let key = rcgen::KeyPair::generate().unwrap();
+            (params.signed_by(&key, &ca, &ca_key).unwrap(), key)
+        };
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        // etcd's gateway dials etcd's own gRPC port with the server certificate,
+        // so under --client-cert-auth it must be good for client auth too.
+        let (server, server_key) = issue(&["127.0.0.1", "localhost"], vec![ServerAuth, ClientAuth]);
+        let (client, client_key) = issue(&["strait"], vec![ClientAuth]);
+        for (name, pem) in [
+            ("ca.pem", ca.pem()),
+            ("server.pem", server.pem()),
+            ("server.key", server_key.serialize_pem()),
+            ("client.pem", client.pem()),
+            ("client.key", client_key.serialize_pem()),
+        ] {
+            std::fs::write(dir.path().join(name), pem).unwrap();
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(client_key.serialize_der());
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![client.der().clone()], key.into())
+            .unwrap();
+        Pki { dir, client_config: Arc::new(client_config) }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
 /// A one-member etcd on loopback, killed when dropped.
 struct Etcd {
     binary: PathBuf,
@@ -35,28 +95,48 @@ struct Etcd {
     data: PathBuf,
     client: SocketAddr,
     peer: SocketAddr,
+    /// With TLS (https:// client URL, `--client-cert-auth`).
+    pki: Option<Pki>,
     _dir: TempDir,
 }
 
 impl Etcd {
     fn start(binary: PathBuf) -> Etcd {
+        Etcd::start_with(binary, None)
+    }
+
+    /// etcd serving clients over TLS and requiring client certificates from `pki`'s CA.
+    fn start_tls(binary: PathBuf) -> Etcd {
+        Etcd::start_with(binary, Some(Pki::new()))
+    }
+
+    fn start_with(binary: PathBuf, pki: Option<Pki>) -> Etcd {
         let dir = TempDir::new("etcd");
         let data = dir.path().join("data");
         let client = SocketAddr::new(LOCALHOST, free_port());
         let peer = SocketAddr::new(LOCALHOST, free_port());
-        let mut etcd = Etcd { binary, child: None, data, client, peer, _dir: dir };
+        let mut etcd = Etcd { binary, child: None, data, client, peer, pki, _dir: dir };
         etcd.run();
         etcd
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
     }
 
     fn run(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data.with_extension("log")).unwrap();
         let peer = format!("http://{}", self.peer);
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(pki) = &self.pki {
+            command.args(["--cert-file", &pki.file("server.pem"), "--key-file", &pki.file("server.key")]).args([
+                "--trusted-ca-file",
+                &pki.file("ca.pem"),
+                "--client-cert-auth",
+            ]);
+        }
+        let child = command
             .args(["--name", "t", "--data-dir"])
             .arg(&self.data)
             .args(["--listen-client-urls", &self.url(), "--advertise-client-urls", &self.url()])
@@ -91,8 +171,16 @@ impl Etcd {
     }
 
     fn try_call(&self, path: &str, body: &Value) -> Option<Value> {
-        let mut stream = std::net::TcpStream::connect(self.client).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let tcp = std::net::TcpStream::connect(self.client).ok()?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut stream: Box<dyn ReadWrite> = match &self.pki {
+            None => Box::new(tcp),
+            Some(pki) => {
+                let name = rustls::pki_types::ServerName::IpAddress(self.client.ip().into());
+                let connection = rustls::ClientConnection::new(pki.client_config.clone(), name).ok()?;
+                Box::new(rustls::StreamOwned::new(connection, tcp))
+            }
+        };
         let body = body.to_string();
         write!(
             stream,
@@ -100,8 +188,11 @@ impl Etcd {
             body.len()
         )
         .ok()?;
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw).ok()?;
+        stream.flush().ok()?;
+        // A TLS peer may close without close_notify: keep what was read.
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        let raw = String::from_utf8_lossy(&raw);
         let (head, body) = raw.split_once("\r\n\r\n")?;
         if !head.starts_with("HTTP/1.1 200") {
             return None;
@@ -145,6 +236,9 @@ impl Drop for Etcd {
     }
 }
 
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 fn revision(answer: &Value) -> u64 {
     answer["header"]["revision"].as_str().and_then(|r| r.parse().ok()).unwrap_or(0)
 }
@@ -180,13 +274,24 @@ fn unb64(text: &str) -> Vec<u8> {
 
 /// A Strait node on `etcd` with one TCP listener.
 fn node(etcd: &Etcd, prefix: &str, role: &str) -> (Strait, SocketAddr) {
+    node_with(etcd, prefix, role, "")
+}
+
+/// A Strait node with `etcd_extra` (YAML lines at the indentation of
+/// `deployment.etcd`'s keys) added to its `deployment.etcd`.
+fn node_with(etcd: &Etcd, prefix: &str, role: &str, etcd_extra: &str) -> (Strait, SocketAddr) {
+    let (dir, config, path, listen) = node_config(etcd, prefix, role, etcd_extra);
+    (Strait::spawn(dir, config, path), listen)
+}
+
+fn node_config(etcd: &Etcd, prefix: &str, role: &str, etcd_extra: &str) -> (TempDir, Config, PathBuf, SocketAddr) {
     let listen = SocketAddr::new(LOCALHOST, free_port());
     let config = Config::new().listen(listen);
     let dir = TempDir::new("etcd-node");
     let yaml = format!(
         "apisix:\n  proxy_mode: stream\n  stream_proxy:\n    tcp:\n      - \"{listen}\"\n\
          deployment:\n  role: {role}\n  role_{role}:\n    config_provider: etcd\n\
-         \x20 etcd:\n    host: [\"{}\"]\n    prefix: {prefix}\n    timeout: 3\n    resync_delay: 1\n\
+         \x20 etcd:\n    host: [\"{}\"]\n    prefix: {prefix}\n    timeout: 3\n    resync_delay: 1\n{etcd_extra}\
          \x20 admin:\n    admin_key:\n      - name: admin\n        key: \"{}\"\n        role: admin\n\
          \x20   admin_listen:\n      ip: \"{}\"\n      port: {}\n\
          nginx_config:\n  worker_processes: 1\nstrait:\n  data_dir: \"{}\"\n",
@@ -198,7 +303,7 @@ fn node(etcd: &Etcd, prefix: &str, role: &str) -> (Strait, SocketAddr) {
     );
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, yaml).unwrap();
-    (Strait::spawn(dir, config, path), listen)
+    (dir, config, path, listen)
 }
 
 fn prefix() -> String {
@@ -367,4 +472,64 @@ fn a_wiped_etcd_is_noticed_and_reloaded() {
     etcd.put(&format!("{prefix}/stream_routes/9"), &route_json(new.addr));
     wait_name_within(b_listen, "new", Duration::from_secs(5));
     wait_until("B logs that etcd went backwards", || b.stderr().contains("went backwards"));
+}
+
+/// `deployment.etcd.tls` lines for a node of a TLS etcd.
+fn tls_yaml(entries: &[(&str, String)]) -> String {
+    let mut yaml = String::from("    tls:\n");
+    for (key, value) in entries {
+        yaml.push_str(&format!("      {key}: {value}\n"));
+    }
+    yaml
+}
+
+#[test]
+fn nodes_share_routes_through_an_etcd_that_requires_tls_client_certificates() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start_tls(bin);
+    let pki = etcd.pki.as_ref().unwrap();
+    let prefix = prefix();
+    let (cert, key) = (pki.file("client.pem"), pki.file("client.key"));
+    // A verifies etcd's certificate against the test CA; B does not verify (tls.verify: false).
+    let verified = tls_yaml(&[
+        ("verify", "true".into()),
+        ("ca", pki.file("ca.pem")),
+        ("cert", cert.clone()),
+        ("key", key.clone()),
+    ]);
+    let unverified = tls_yaml(&[("verify", "false".into()), ("cert", cert), ("key", key)]);
+    let (a, a_listen) = node_with(&etcd, &prefix, "traditional", &verified);
+    let (_b, b_listen) = node_with(&etcd, &prefix, "data_plane", &unverified);
+    let up = Upstream::named("over-tls");
+
+    let (status, body) = a.api("PUT", "/apisix/admin/stream_routes/1", Some(&route_json(up.addr)));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(try_name(a_listen).unwrap(), "over-tls", "A routes with its own write when it answers");
+    wait_name_within(b_listen, "over-tls", Duration::from_secs(1));
+    let stored = etcd.get(&format!("{prefix}/stream_routes/1")).expect("stored in the TLS etcd");
+    assert_eq!(stored["id"], "1");
+
+    // The watch runs over TLS too: a write straight to etcd reaches both nodes.
+    let other = Upstream::named("watched");
+    etcd.put(&format!("{prefix}/stream_routes/1"), &route_json(other.addr));
+    wait_name_within(a_listen, "watched", Duration::from_secs(1));
+    wait_name_within(b_listen, "watched", Duration::from_secs(1));
+}
+
+#[test]
+fn a_tls_etcd_signed_by_another_ca_stops_the_start_with_a_clear_error() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start_tls(bin);
+    let pki = etcd.pki.as_ref().unwrap();
+    let wrong = Pki::new();
+    let tls =
+        tls_yaml(&[("ca", wrong.file("ca.pem")), ("cert", pki.file("client.pem")), ("key", pki.file("client.key"))]);
+    let (_dir, _config, path, _) =
+        node_config(&etcd, &prefix(), "traditional", &format!("    startup_retry: 1\n{tls}"));
+    let out = run_strait(&["-c", path.to_str().unwrap()]);
+    let output = all_output(&out);
+    assert!(!out.status.success(), "a node that cannot verify etcd must not start:\n{output}");
+    assert!(output.contains(&etcd.url()), "names the etcd host:\n{output}");
+    assert!(output.contains("TLS handshake failed: invalid peer certificate"), "says why:\n{output}");
+    assert!(output.contains("deployment.etcd.tls.ca"), "says what to set:\n{output}");
 }
