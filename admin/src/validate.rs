@@ -8,7 +8,7 @@ use crate::envelope::Response;
 use crate::kind::Kind;
 use serde_json::{Map, Value};
 use strait_engine::model::json::id_string;
-use strait_engine::model::{Service, Ssl, StreamRoute, Upstream};
+use strait_engine::model::{Service, StreamRoute, Upstream};
 
 /// How an id is expected for this write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,7 +104,7 @@ fn check_model(kind: Kind, id: &str, value: &Value) -> Result<(), Response> {
         Kind::StreamRoutes => StreamRoute::from_json(id, value).map(drop),
         Kind::Upstreams => Upstream::from_json(value).map(drop),
         Kind::Services => Service::from_json(value).map(drop),
-        Kind::Ssls => Ssl::from_json(value).map(drop),
+        Kind::Ssls => strait_engine::tls::certs::check_ssl(value, &strait_engine::tls::TlsEnv::default()),
     };
     result.map_err(|message| model_error(&message))
 }
@@ -114,8 +114,15 @@ fn check_model(kind: Kind, id: &str, value: &Value) -> Result<(), Response> {
 /// `unknown plugin [x]`, `missing key`); the engine phrases both without the
 /// prefix, so the split is made here.
 fn model_error(message: &str) -> Response {
-    const BARE: [&str; 4] =
-        ["invalid remote_addr: ", "invalid server_addr: ", "unknown plugin [", "mismatched number of certs and keys"];
+    const BARE: [&str; 7] = [
+        "invalid remote_addr: ",
+        "invalid server_addr: ",
+        "unknown plugin [",
+        "mismatched number of certs and keys",
+        "failed to parse ",
+        "failed to handle cert-key pair",
+        "failed to validate client_cert",
+    ];
     if message == "missing key" || BARE.iter().any(|p| message.starts_with(p)) {
         Response::error(400, message)
     } else {

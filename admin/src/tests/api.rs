@@ -296,20 +296,33 @@ fn stream_routes_filter_by_upstream_and_service_id_as_strings() {
 #[test]
 fn ssls_are_stored_but_their_keys_never_shown() {
     let mut h = Harness::new();
-    let ssl = json!({"cert": "C".repeat(128), "key": "K".repeat(64), "sni": "test.com"});
+    let (cert, key) = self_signed("test.com");
+    let ssl = json!({"cert": cert, "key": key, "sni": "test.com"});
     let (status, body) = h.call("PUT", "/apisix/admin/ssls/1", &ssl.to_string());
-    assert_eq!(status, 201);
+    assert_eq!(status, 201, "{body}");
     assert!(body["value"].get("key").is_none());
     let (_, body) = h.call("GET", "/apisix/admin/ssls/1", "");
     assert_eq!(body["value"]["sni"], "test.com");
     assert!(body["value"].get("key").is_none());
     let (_, list) = h.call("GET", "/apisix/admin/ssls", "");
     assert!(list["list"][0]["value"].get("key").is_none());
-    assert_eq!(h.admin.store.get("ssls", "1").unwrap().value["key"], "K".repeat(64));
+    assert_eq!(h.admin.store.get("ssls", "1").unwrap().value["key"], key);
     assert_eq!(
         error_msg(&mut h, "PUT", "/apisix/admin/ssls/2", r#"{"cert":"x"}"#).1,
         "invalid configuration: property \"cert\" validation failed: string too short, expected at least 128, got 1"
     );
+    // Certificates and keys must parse and belong together.
+    let garbage = json!({"cert": format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", "A".repeat(130)), "key": key, "sni": "test.com"});
+    let (status, message) = error_msg(&mut h, "PUT", "/apisix/admin/ssls/3", &garbage.to_string());
+    assert_eq!(status, 400);
+    assert!(message.starts_with("failed to parse cert"), "{message}");
+    let (_, other_key) = self_signed("other.com");
+    let mismatched = json!({"cert": cert, "key": other_key, "sni": "test.com"});
+    assert_eq!(
+        error_msg(&mut h, "PUT", "/apisix/admin/ssls/3", &mismatched.to_string()),
+        (400, "failed to parse key: the key does not belong to the certificate".into())
+    );
+    assert!(h.admin.store.get("ssls", "3").is_none(), "a refused write stores nothing");
     // An upstream's client certificate must be an ssl of type client.
     assert_eq!(
         error_msg(&mut h, "PUT", "/apisix/admin/upstreams/1", r#"{"nodes":{},"tls":{"client_cert_id":"1"}}"#),
@@ -342,4 +355,11 @@ fn a_write_the_disk_refuses_is_503_and_changes_nothing() {
     assert!(body["error_msg"].as_str().unwrap().contains("store.json.tmp"));
     assert_eq!(h.call("GET", "/apisix/admin/upstreams/2", "").0, 404);
     assert_eq!(h.publications(), 1, "nothing is published for a failed write");
+}
+
+/// A self-signed certificate and its key, PEM.
+fn self_signed(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap().self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
 }

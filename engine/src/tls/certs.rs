@@ -54,7 +54,7 @@ impl CertStore {
                 }
             };
             match ssl.ssl_type {
-                SslType::Client => match client_cert(&ssl.cert, &ssl.key) {
+                SslType::Client => match client_cert(&ssl.cert, &ssl.key, env) {
                     Ok(cert) => {
                         store.clients.insert(id.clone(), Arc::new(cert));
                     }
@@ -116,6 +116,8 @@ pub(crate) fn pem_chain(pem: &str, what: &str) -> Result<Vec<CertificateDer<'sta
     if chain.is_empty() {
         return Err(format!("failed to parse {what}: no PEM certificate found"));
     }
+    // PEM decoding accepts any base64; the leaf must also be a certificate.
+    webpki::EndEntityCert::try_from(&chain[0]).map_err(|e| format!("failed to parse {what}: {e:?}"))?;
     Ok(chain)
 }
 
@@ -129,16 +131,35 @@ pub(crate) fn pem_key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, S
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("failed to parse {what}: {e}"))
 }
 
-fn client_cert(cert: &str, key: &str) -> Result<ClientCert, String> {
+fn client_cert(cert: &str, key: &str, env: &TlsEnv) -> Result<ClientCert, String> {
+    // Loaded once to check the pair belongs together; the connection loads its own copy.
+    certified_key(cert, key, env, "")?;
     Ok(ClientCert { chain: pem_chain(cert, "cert")?, key: pem_key(key, "key")? })
+}
+
+/// Checks an ssl object as the Admin API must before storing it: its shape,
+/// then every certificate and key parsing and each key belonging to its
+/// certificate, `client.ca` and `ssl_protocols` (APISIX's messages: `failed to
+/// parse cert: ...`, `failed to handle cert-key pair[i]: ...`).
+pub fn check_ssl(value: &Value, env: &TlsEnv) -> Result<(), String> {
+    let ssl = Ssl::from_json(value)?;
+    match ssl.ssl_type {
+        SslType::Client => client_cert(&ssl.cert, &ssl.key, env).map(drop),
+        SslType::Server => server_config(&ssl, env).map(drop),
+    }
 }
 
 fn certified_key(cert: &str, key: &str, env: &TlsEnv, what: &str) -> Result<Arc<CertifiedKey>, String> {
     let chain = pem_chain(cert, &format!("{what}cert"))?;
     let key = pem_key(key, &format!("{what}key"))?;
     let signing =
-        env.provider.key_provider.load_private_key(key).map_err(|e| format!("failed to load {what}key: {e}"))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+        env.provider.key_provider.load_private_key(key).map_err(|e| format!("failed to parse {what}key: {e}"))?;
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        // Unknown: the provider cannot tell (it is then left to the handshake).
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(Arc::new(certified)),
+        Err(_) => Err(format!("failed to parse {what}key: the key does not belong to the certificate")),
+    }
 }
 
 /// One server ssl object as a rustls config: its certificate pairs, its
