@@ -43,7 +43,7 @@ fn engine(routes: Vec<(String, serde_json::Value)>) -> Engine {
 
 fn drain(e: &mut Engine) {
     while let Some(action) = e.poll_action() {
-        black_box(action);
+        let _ = black_box(action);
     }
 }
 
