@@ -75,9 +75,7 @@ pub(crate) fn resources_of(objects: impl IntoIterator<Item = (Kind, String, Valu
             Kind::StreamRoutes => resources.stream_routes.push((id, value)),
             Kind::Upstreams => resources.upstreams.push((id, value)),
             Kind::Services => resources.services.push((id, value)),
-            // Validated and kept, but not handed on until `Resources` carries
-            // ssl objects (being added with TLS termination).
-            Kind::Ssls => {}
+            Kind::Ssls => resources.ssls.push((id, value)),
         }
     }
     resources

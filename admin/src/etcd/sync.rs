@@ -15,8 +15,9 @@
 //!   wiped or restored etcd, seen on the `created` line or a range), means a
 //!   full re-read; objects whose `mod_revision` did not change are reused;
 //! - while etcd is away the last good set stays published, retries back off
-//!   from 100 ms to `resync_delay` (+0-50 % jitter) forever, and a plain idle
-//!   timeout reconnects at once;
+//!   from 100 ms to `resync_delay` (+0-50 % jitter) forever, and the first
+//!   contact after an outage is a full re-read (a replaced etcd cannot be told
+//!   apart otherwise); a plain idle timeout resumes the watch at once;
 //! - an object that fails validation is skipped with a log line, and an
 //!   earlier valid version of it stays in force.
 
@@ -66,9 +67,9 @@ enum State {
     Watching {
         start: u64,
     },
+    /// etcd was unreachable: wait, then re-read everything.
     Backoff {
         until: Duration,
-        then_load: bool,
     },
 }
 
@@ -76,6 +77,10 @@ enum State {
 #[derive(Clone, Debug, PartialEq)]
 struct Stored {
     mod_revision: u64,
+    /// FNV-1a of the value's bytes: a replaced etcd can hold a key at the same
+    /// mod_revision with other content, so the revision alone cannot prove an
+    /// object unchanged (found by sim/tests/etcd_sync.rs, seed 18).
+    raw_hash: u64,
     kind: Kind,
     id: String,
     value: Value,
@@ -157,11 +162,11 @@ impl Syncer {
                     start_revision: start,
                 }
             }
-            State::Backoff { until, then_load } => {
+            State::Backoff { until } => {
                 if now < until {
                     return Action::WaitUntil(until);
                 }
-                self.state = if then_load { State::NeedLoad } else { State::NeedWatch };
+                self.state = State::NeedLoad;
                 self.poll_action(now)
             }
         }
@@ -179,10 +184,10 @@ impl Syncer {
         let mut changed = !self.loaded;
         for kv in kvs {
             let previous = self.objects.remove(&kv.key);
-            let previous_revision = previous.as_ref().map(|p| p.mod_revision);
+            let previous_version = previous.as_ref().map(|p| (p.mod_revision, p.raw_hash));
             let stored = self.accept(kv.key.clone(), &kv, previous);
             // Same mod_revision = the very object already published (reused).
-            changed |= stored.as_ref().map(|s| s.mod_revision) != previous_revision;
+            changed |= stored.as_ref().map(|s| (s.mod_revision, s.raw_hash)) != previous_version;
             if let Some(stored) = stored {
                 objects.insert(kv.key, stored);
             }
@@ -199,12 +204,12 @@ impl Syncer {
     }
 
     pub fn handle_range_failed(&mut self, now: Duration, error: String) {
-        self.unreachable(now, error, true);
+        self.unreachable(now, error);
     }
 
     /// The watch could not be opened (connection refused, HTTP error).
     pub fn handle_watch_failed(&mut self, now: Duration, error: String) {
-        self.unreachable(now, error, false);
+        self.unreachable(now, error);
     }
 
     /// One parsed watch line.
@@ -251,11 +256,11 @@ impl Syncer {
                 Stream::Close
             }
             WatchMsg::Canceled { reason } => {
-                self.unreachable(now, format!("etcd cancelled the watch: {reason}"), false);
+                self.unreachable(now, format!("etcd cancelled the watch: {reason}"));
                 Stream::Close
             }
             WatchMsg::Error { message } => {
-                self.unreachable(now, format!("etcd watch error: {message}"), false);
+                self.unreachable(now, format!("etcd watch error: {message}"));
                 Stream::Close
             }
         };
@@ -270,7 +275,7 @@ impl Syncer {
         }
         match how {
             Ended::IdleTimeout => self.state = State::NeedWatch,
-            Ended::Broken(error) => self.unreachable(now, error, false),
+            Ended::Broken(error) => self.unreachable(now, error),
         }
     }
 
@@ -315,7 +320,10 @@ impl Syncer {
     /// are reused as they are; an invalid new version leaves the previous
     /// one in force.
     fn accept(&self, key: String, kv: &Kv, previous: Option<Stored>) -> Option<Stored> {
-        if let Some(previous) = previous.as_ref().filter(|p| p.mod_revision == kv.mod_revision) {
+        let raw_hash = fnv1a(&kv.value);
+        if let Some(previous) =
+            previous.as_ref().filter(|p| p.mod_revision == kv.mod_revision && p.raw_hash == raw_hash)
+        {
             return Some(previous.clone());
         }
         let rest = key.strip_prefix(&self.prefix)?;
@@ -329,7 +337,7 @@ impl Syncer {
             return None;
         }
         match super::check_object(kind, id, &kv.value, true) {
-            Ok(value) => Some(Stored { mod_revision: kv.mod_revision, kind, id: id.to_string(), value }),
+            Ok(value) => Some(Stored { mod_revision: kv.mod_revision, raw_hash, kind, id: id.to_string(), value }),
             Err(reason) => {
                 match &previous {
                     Some(_) => log::error!(
@@ -354,7 +362,13 @@ impl Syncer {
         }
     }
 
-    fn unreachable(&mut self, now: Duration, error: String, then_load: bool) {
+    /// etcd could not be reached, or the watch broke: back off, then re-read
+    /// everything. A watch cannot resume safely: etcd may have been replaced by
+    /// an empty one whose revision has already passed ours (its `cluster_id` is
+    /// the same, etcd.md §3.4), and resuming would miss its first writes and keep
+    /// keys it no longer has. The re-read reuses unchanged objects, so nothing is
+    /// republished when nothing changed. (Found by sim/tests/etcd_sync.rs, seed 120.)
+    fn unreachable(&mut self, now: Duration, error: String) {
         if self.health.connected || self.health.stale_since.is_none() {
             if self.loaded {
                 log::warn!(
@@ -373,7 +387,7 @@ impl Syncer {
         self.health.last_error = Some(error);
         let delay = self.backoff + self.jitter(self.backoff / 2);
         self.backoff = (self.backoff * 2).min(self.backoff_max);
-        self.state = State::Backoff { until: now + delay, then_load: then_load || !self.loaded };
+        self.state = State::Backoff { until: now + delay };
     }
 
     /// A uniform duration in `[0, max]` from a xorshift stream.
@@ -396,4 +410,8 @@ impl Syncer {
             }
         }
     }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }

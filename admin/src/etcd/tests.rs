@@ -104,15 +104,27 @@ fn events_are_applied_in_order_and_published_once_per_burst() {
 }
 
 #[test]
-fn a_broken_catch_up_resumes_from_the_last_event_not_the_batch_header() {
+fn an_interrupted_catch_up_resumes_from_the_last_event_not_the_batch_header() {
     let mut s = watching(vec![], 17);
     // Catch-up batches carry etcd's current revision (2517) in their header;
     // the parsed message keeps only the events, whose own revisions count.
     let batch: Vec<Event> = (18..=1017).map(|r| put("/apisix/upstreams/u", upstream(r as u16), r)).collect();
     let _ = s.handle_watch(ms(1), WatchMsg::Events { events: batch });
-    s.handle_watch_ended(ms(2), Ended::Broken("peer disconnected".into()));
-    let Action::WaitUntil(until) = s.poll_action(ms(2)) else { panic!("a back-off expected") };
-    assert_eq!(watch_start(&mut s, until), 1018);
+    s.handle_watch_ended(ms(2), Ended::IdleTimeout);
+    assert_eq!(watch_start(&mut s, ms(2)), 1018);
+}
+
+#[test]
+fn after_a_broken_watch_everything_is_read_again_before_watching() {
+    let mut s = watching(vec![kv("/apisix/stream_routes/1", route(1), 5)], 5);
+    s.handle_watch_ended(ms(1), Ended::Broken("peer disconnected".into()));
+    let Action::WaitUntil(until) = s.poll_action(ms(1)) else { panic!("a back-off expected") };
+    // etcd may have been replaced by an empty one that already passed revision 5:
+    // only a full read can tell (sim/tests/etcd_sync.rs, seed 120).
+    assert!(matches!(s.poll_action(until), Action::Range { .. }), "a re-read, not a resumed watch");
+    s.handle_range(until, 7, vec![kv("/apisix/stream_routes/2", route(2), 7)]);
+    assert_eq!(route_ids(&mut s), Some(vec!["2".to_string()]), "keys the new etcd lacks are gone");
+    assert_eq!(watch_start(&mut s, until), 8);
 }
 
 #[test]
@@ -156,12 +168,9 @@ fn a_wiped_etcd_is_noticed_on_the_created_line_and_reread() {
 #[test]
 fn a_wiped_etcd_is_noticed_on_a_range_too() {
     let mut s = watching(vec![kv("/apisix/stream_routes/1", route(1), 50)], 50);
-    s.handle_watch_ended(ms(1), Ended::Broken("eof".into()));
-    let Action::WaitUntil(until) = s.poll_action(ms(1)) else { panic!("back-off") };
-    let _ = watch_start(&mut s, until);
-    let _ = s.handle_watch(until, WatchMsg::Compacted { compact_revision: 1 });
-    let _ = s.poll_action(until);
-    s.handle_range(until, 2, vec![]);
+    let _ = s.handle_watch(ms(1), WatchMsg::Compacted { compact_revision: 1 });
+    assert!(matches!(s.poll_action(ms(1)), Action::Range { .. }));
+    s.handle_range(ms(1), 2, vec![]);
     assert_eq!(route_ids(&mut s), Some(vec![]));
     assert_eq!(s.applied_revision(), 2, "the applied revision follows etcd down");
 }
@@ -180,21 +189,21 @@ fn while_etcd_is_away_the_last_set_stays_and_retries_back_off_forever() {
         let Action::WaitUntil(until) = s.poll_action(now) else { panic!("a back-off expected") };
         delays.push(until - now);
         now = until;
-        assert_eq!(watch_start(&mut s, now), 6, "always from the applied revision + 1");
-        s.handle_watch_failed(now, "connection refused".into());
+        assert!(matches!(s.poll_action(now), Action::Range { .. }), "each retry re-reads");
+        s.handle_range_failed(now, "connection refused".into());
         assert!(s.poll_publish().is_none(), "the last good set is never cleared");
     }
     assert!(delays[0] >= ms(100) && delays[0] <= ms(150), "{delays:?}");
     assert!(delays.windows(2).take(5).all(|w| w[1] > w[0]), "doubling: {delays:?}");
     assert!(delays.iter().all(|d| *d <= RESYNC * 3 / 2), "capped at resync_delay + 50%: {delays:?}");
     assert_eq!(s.health().stale_since, Some(ms(0)), "stale since the first failure");
-    // etcd is back: the watch carries on from history.
+    // etcd is back: everything is read again (route 1 was deleted meanwhile), then watched.
     let Action::WaitUntil(until) = s.poll_action(now) else { panic!("back-off") };
-    assert_eq!(watch_start(&mut s, until), 6);
-    let _ = s.handle_watch(until, WatchMsg::Created { revision: 9 });
+    assert!(matches!(s.poll_action(until), Action::Range { .. }));
+    s.handle_range(until, 9, vec![]);
     assert!(s.health().connected && s.health().stale_since.is_none());
-    let _ = s.handle_watch(until, WatchMsg::Events { events: vec![delete("/apisix/stream_routes/1", 8)] });
     assert_eq!(route_ids(&mut s), Some(vec![]));
+    assert_eq!(watch_start(&mut s, until), 10);
 }
 
 #[test]
