@@ -194,6 +194,13 @@ impl Syncer {
         }
         // Whatever is left was deleted while this node was not watching.
         changed |= !self.objects.is_empty();
+        if self.loaded {
+            log::info!(
+                "etcd: re-read everything at revision {revision} ({} objects, {})",
+                objects.len(),
+                if changed { "changes published" } else { "nothing changed" }
+            );
+        }
         self.objects = objects;
         self.dirty |= changed;
         self.applied = revision;
