@@ -241,11 +241,12 @@ fn splice_is_granted_once_nothing_waits_in_engine_buffers() {
     let mut e = engine(two_nodes(), config);
     let id = accept(&mut e, at(0), "1.2.3.4:5").unwrap();
     let _ = actions(&mut e);
-    read(&mut e, at(0), id, Side::Client, b"early");
+    let bulk = vec![7u8; 40_000];
+    read(&mut e, at(0), id, Side::Client, &bulk);
     e.handle_connected(at(1), id, Ok(()));
     assert!(actions(&mut e).is_empty(), "early bytes go through the engine first");
-    assert_eq!(write_all(&mut e, at(1), id, Side::Upstream), b"early");
-    assert_eq!(actions(&mut e), [Action::Splice { conn: id }]);
+    assert_eq!(write_all(&mut e, at(1), id, Side::Upstream), bulk);
+    assert_eq!(actions(&mut e), [Action::Splice { conn: id }], "a bulk read, drained: the driver takes over");
     assert_eq!(e.buffers_in_use(), 0, "a spliced connection holds no engine buffer");
     assert!(e.read_buf(id, Side::Client).is_none(), "the driver moves the bytes now");
     e.handle_spliced(at(20), id, Side::Upstream, 1000);
@@ -258,6 +259,22 @@ fn splice_is_granted_once_nothing_waits_in_engine_buffers() {
         actions(&mut e),
         [Action::Shutdown { conn: id, side: Side::Client }, Action::Close { conn: id, reset: false }]
     );
+}
+
+#[test]
+fn small_request_response_traffic_is_never_spliced() {
+    let config = EngineConfig { driver_can_splice: true, ..EngineConfig::default() };
+    let mut e = engine(two_nodes(), config);
+    let id = accept(&mut e, at(0), "1.2.3.4:5").unwrap();
+    let _ = actions(&mut e);
+    e.handle_connected(at(1), id, Ok(()));
+    for _ in 0..100 {
+        read(&mut e, at(1), id, Side::Client, b"PING\r\n");
+        let _ = write_all(&mut e, at(1), id, Side::Upstream);
+        read(&mut e, at(1), id, Side::Upstream, b"+PONG\r\n");
+        let _ = write_all(&mut e, at(1), id, Side::Client);
+    }
+    assert!(actions(&mut e).is_empty(), "read/write costs less than a pipe for small messages");
 }
 
 #[test]

@@ -124,6 +124,10 @@ pub(crate) struct TcpConn {
     /// The driver moves the bytes itself (splice) and reports only counts,
     /// FINs and resets; the engine's buffers stay unused.
     pub spliced: bool,
+    /// A read filled half a buffer or more: bulk traffic, worth splicing.
+    /// Small request/response traffic stays on read/write, which costs less
+    /// per message than a trip through a pipe (HAProxy's splice-auto idea).
+    pub bulk_seen: bool,
     /// `None` for a connection without TLS on either side.
     pub tls: Option<Box<TlsState>>,
 }
@@ -152,6 +156,7 @@ impl TcpConn {
             flows: Default::default(),
             last_activity: ctx.now,
             spliced: false,
+            bulk_seen: false,
             tls,
         }
     }
@@ -372,6 +377,7 @@ impl TcpConn {
             return self.forward_eof_if_drained(ctx, id, side);
         }
         let buffer = flow.buffer.as_mut().expect("a read fills a buffer handed out by read_buf");
+        self.bulk_seen |= n >= buffer.capacity() / 2;
         buffer.commit(n);
         flow.bytes += n as u64;
         self.last_activity = ctx.now;
@@ -498,12 +504,14 @@ impl TcpConn {
     }
 
     // ---- splice (the driver moves plain bytes itself) ----------------------
-    // Minimal versions written alongside the TLS states so the tree builds;
-    // the splice work owns their final shape.
 
-    /// Plain streaming with both flows empty: the driver may take the bytes over.
+    /// Plain streaming, bulk traffic seen, and both flows empty (bytes read
+    /// before the grant go first, in order): the driver may take the bytes over.
     pub fn can_splice(&self) -> bool {
-        !self.spliced && self.is_plain_streaming() && self.flows.iter().all(|f| f.buffer.is_none() && !f.eof)
+        !self.spliced
+            && self.bulk_seen
+            && self.is_plain_streaming()
+            && self.flows.iter().all(|f| f.buffer.is_none() && !f.eof)
     }
 
     /// Hands the bytes to the driver: the engine's buffers are not used again.
