@@ -69,7 +69,21 @@ impl Source {
     }
 
     /// Starts following the source and, when enabled, the Admin API.
-    pub fn start(self, config: &StraitConfig, publish: PublishFn) -> Result<Option<AdminHandle>, String> {
+    /// `file`, `etcd` or `yaml`: what the control API calls this source.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Source::Embedded(_) => "file",
+            Source::Etcd { .. } => "etcd",
+            Source::Standalone { .. } => "yaml",
+        }
+    }
+
+    pub fn start(
+        self,
+        config: &StraitConfig,
+        publish: PublishFn,
+        status: Arc<strait_admin::SourceStatus>,
+    ) -> Result<Option<AdminHandle>, String> {
         let data_plane = config.deployment.role == Role::DataPlane;
         let options = |read_only: Option<String>| AdminOptions {
             settings: config.admin.clone(),
@@ -90,8 +104,12 @@ impl Source {
                 };
                 let applied = Arc::new(strait_admin::AppliedRevision::new(node.applied_revision()));
                 let mut publish = publish;
-                node.spawn(Box::new(move |p: etcd::sync::Publication| publish(&p.resources)), Arc::clone(&applied))
-                    .map_err(|e| format!("cannot start the etcd thread: {e}"))?;
+                node.spawn(
+                    Box::new(move |p: etcd::sync::Publication| publish(&p.resources)),
+                    Arc::clone(&applied),
+                    status,
+                )
+                .map_err(|e| format!("cannot start the etcd thread: {e}"))?;
                 if !config.admin.enabled {
                     return Ok(None);
                 }

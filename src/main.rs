@@ -112,8 +112,9 @@ fn run(config_path: &Path) -> Result<(), String> {
 
     let latest: strait_admin::control::LatestSnapshot = Arc::new(std::sync::Mutex::new(snapshot.clone()));
     // The control API is read-only and auxiliary: a port clash is logged, it does not stop the proxy.
+    let source_status = Arc::new(strait_admin::SourceStatus::new(source.name()));
     let control = config.control_listen.and_then(|listen| {
-        strait_admin::control::spawn_control(listen, latest.clone())
+        strait_admin::control::spawn_control(listen, latest.clone(), source_status.clone())
             .map_err(|e| log::error!("{e}; the control API is off (set apisix.control.port or apisix.enable_control)"))
             .ok()
     });
@@ -124,7 +125,7 @@ fn run(config_path: &Path) -> Result<(), String> {
         *latest.lock().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
         publisher.publish(snapshot);
     });
-    let admin = source.start(&config, publish)?;
+    let admin = source.start(&config, publish, source_status)?;
 
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;

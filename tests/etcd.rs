@@ -397,7 +397,18 @@ fn nodes_keep_serving_while_etcd_is_down_and_catch_up_when_it_is_back() {
     let mut etcd = Etcd::start(bin);
     let prefix = prefix();
     let (a, a_listen) = node(&etcd, &prefix, "traditional");
-    let (_b, b_listen) = node(&etcd, &prefix, "data_plane");
+    // Node B also serves the control API, which must say when etcd is away.
+    let (dir, config, path, b_listen) = node_config(&etcd, &prefix, "data_plane", "");
+    let control = SocketAddr::new(LOCALHOST, free_port());
+    let yaml = std::fs::read_to_string(&path).unwrap().replacen(
+        "proxy_mode: stream\n",
+        &format!("proxy_mode: stream\n  control:\n    ip: \"{}\"\n    port: {}\n", control.ip(), control.port()),
+        1,
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let _b = Strait::spawn(dir, config, path);
+    let source = || http_json(control, "GET", "/v1/config_source", None, None).1;
+    assert_eq!((source()["source"].clone(), source()["connected"].clone()), (json!("etcd"), json!(true)));
     let echo = Upstream::echo();
     a.put_route("1", route_json(echo.addr));
     wait_echo(b_listen);
@@ -406,6 +417,8 @@ fn nodes_keep_serving_while_etcd_is_down_and_catch_up_when_it_is_back() {
     assert_eq!(read_exact(&mut session, 6), b"before");
 
     etcd.stop();
+    wait_until("B's control API says etcd is away", || source()["connected"] == json!(false));
+    assert!(source()["stale_for_seconds"].is_u64() && source()["last_error"].is_string(), "{}", source());
     session.write_all(b"during").unwrap();
     assert_eq!(read_exact(&mut session, 6), b"during", "an established connection is untouched");
     try_echo(b_listen, b"new").expect("a new connection through B uses the last config");
@@ -422,6 +435,7 @@ fn nodes_keep_serving_while_etcd_is_down_and_catch_up_when_it_is_back() {
     // resync_delay is 1 s (+50 % jitter) in these nodes.
     wait_name_within(a_listen, "after", Duration::from_secs(4));
     wait_name_within(b_listen, "after", Duration::from_secs(4));
+    wait_until("B's control API says etcd is back", || source()["connected"] == json!(true));
     session.write_all(b"after").unwrap();
     assert_eq!(read_exact(&mut session, 5), b"after");
 }

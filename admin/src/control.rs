@@ -5,6 +5,8 @@
 //! - `GET /v1/healthcheck`: every upstream with `checks`, as a list.
 //! - `GET /v1/healthcheck/upstreams/<id>` and `/v1/healthcheck/stream_routes/<id>`:
 //!   one checker (a route's inline upstream, or the upstream it references).
+//! - `GET /v1/config_source`: where the config comes from (`file`, `etcd`,
+//!   `yaml`) and, for etcd, whether it is reachable and since when it is not.
 
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -36,7 +38,11 @@ impl ControlHandle {
     }
 }
 
-pub fn spawn_control(listen: SocketAddr, latest: LatestSnapshot) -> std::io::Result<ControlHandle> {
+pub fn spawn_control(
+    listen: SocketAddr,
+    latest: LatestSnapshot,
+    source: Arc<crate::SourceStatus>,
+) -> std::io::Result<ControlHandle> {
     let server = tiny_http::Server::http(listen)
         .map_err(|e| std::io::Error::other(format!("control API cannot listen on {listen}: {e}")))?;
     let local_addr = server.server_addr().to_ip().expect("bound to an IP address above");
@@ -48,7 +54,11 @@ pub fn spawn_control(listen: SocketAddr, latest: LatestSnapshot) -> std::io::Res
             while !stopping.load(Ordering::SeqCst) {
                 let Ok(request) = server.recv() else { continue };
                 let snapshot = latest.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let (status, body) = if *request.method() == tiny_http::Method::Get {
+                let (status, body) = if *request.method() != tiny_http::Method::Get {
+                    (405, json!({"error_msg": "method not allowed"}))
+                } else if request.url().split('?').next() == Some("/v1/config_source") {
+                    (200, source.to_json())
+                } else if *request.method() == tiny_http::Method::Get {
                     answer(request.url(), &snapshot)
                 } else {
                     (405, json!({"error_msg": "method not allowed"}))

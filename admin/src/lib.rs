@@ -45,6 +45,7 @@ mod patch;
 mod request;
 mod resources;
 mod server;
+pub mod source_status;
 pub mod standalone;
 mod store;
 mod validate;
@@ -59,6 +60,7 @@ pub use applied::AppliedRevision;
 pub use config_store::{Cond, ConfigStore, PutOutcome};
 pub use dispatch::Publish;
 pub use server::AdminHandle;
+pub use source_status::SourceStatus;
 pub use store::{Entry, FileStore, StoreError};
 
 /// What the Admin API needs from config.yaml.

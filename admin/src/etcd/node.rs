@@ -83,9 +83,18 @@ impl EtcdNode {
     }
 
     /// Starts the config thread: watch, re-read, retry, forever.
-    pub fn spawn(mut self, mut publish: Publisher, applied: Arc<AppliedRevision>) -> io::Result<()> {
+    /// `status` is kept current for the control API after every step.
+    pub fn spawn(
+        mut self,
+        mut publish: Publisher,
+        applied: Arc<AppliedRevision>,
+        status: Arc<crate::SourceStatus>,
+    ) -> io::Result<()> {
         std::thread::Builder::new().name("strait-etcd".into()).spawn(move || loop {
             self.step(&mut publish, &applied);
+            let health = self.syncer.health();
+            let stale_since = health.stale_since.map(|since| self.epoch + since);
+            status.update(health.connected, stale_since, health.last_error.clone(), self.syncer.applied_revision());
         })?;
         Ok(())
     }
