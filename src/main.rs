@@ -100,6 +100,17 @@ fn run(config_path: &Path) -> Result<(), String> {
         ..EngineConfig::default()
     };
     log::info!("engine seed {} (worker i uses seed + i)", engine.seed);
+    // Two descriptors per TCP connection, one per UDP session, per worker.
+    let needed = (2 * config.worker_connections + config.udp_sessions_max) as u64 * workers_count as u64;
+    match strait_io::raise_open_file_limit() {
+        Ok(limit) if limit < needed => log::warn!(
+            "open-file limit {limit} is below what {workers_count} worker(s) x worker_connections {} may need \
+             ({needed}); raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower nginx_config.event.worker_connections",
+            config.worker_connections
+        ),
+        Ok(limit) => log::debug!("open-file limit {limit}"),
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    }
     let workers = strait_io::Workers::start(
         strait_io::WorkersConfig { workers: workers_count, listeners: listeners.clone(), engine },
         snapshot.clone(),

@@ -18,6 +18,7 @@
 
 mod clock;
 mod conn_io;
+mod limits;
 mod listeners;
 mod probe;
 mod splice;
@@ -26,5 +27,6 @@ mod udp_batch;
 mod worker;
 mod workers;
 
+pub use limits::raise_open_file_limit;
 pub use listeners::BindError;
 pub use workers::{SnapshotPublisher, StartError, Workers, WorkersConfig};
