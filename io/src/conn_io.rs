@@ -9,6 +9,8 @@ use strait_engine::{ConnId, Side};
 pub struct Readiness {
     pub readable: bool,
     pub writable: bool,
+    /// The peer's FIN has been seen by epoll (EPOLLRDHUP): read until 0.
+    pub read_closed: bool,
 }
 
 pub struct ConnIo {

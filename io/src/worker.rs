@@ -155,6 +155,7 @@ impl Worker {
             if let Some(Some(conn)) = self.conns.get_mut(slot) {
                 let ready = &mut conn.ready[side.index()];
                 ready.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                ready.read_closed |= event.is_read_closed() || event.is_error();
                 ready.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
             }
         }
@@ -302,9 +303,15 @@ impl Worker {
             if conn.ready[side.index()].readable {
                 if let (Some(socket), Some(buf)) = (conn.sockets[side.index()].as_mut(), self.engine.read_buf(id, side))
                 {
+                    let offered = buf.len();
                     match socket.read(buf) {
                         Ok(n) => {
-                            if n == 0 {
+                            // A read that leaves room drained the socket: with epoll's
+                            // edge trigger, any byte arriving later raises a new event,
+                            // so the read that would only say EAGAIN is skipped. Not
+                            // once the peer closed: its FIN, queued behind the bytes,
+                            // raises no new event and must still be read (as 0).
+                            if n < offered && !conn.ready[side.index()].read_closed {
                                 conn.ready[side.index()].readable = false;
                             }
                             self.engine.handle_read(now, id, side, n);
