@@ -165,10 +165,12 @@ impl Worker {
 
     fn send_replies(&mut self, replies: &mut Replies) {
         let filled = replies.batch.len();
-        let mut listeners: Vec<u32> = replies.listener[..filled].to_vec();
-        listeners.sort_unstable();
-        listeners.dedup();
-        for listener in listeners {
+        // One sendmmsg per distinct listener, found without allocating (a batch has at most 32 slots).
+        for slot in 0..filled {
+            let listener = replies.listener[slot];
+            if replies.listener[..slot].contains(&listener) {
+                continue;
+            }
             if let Some(Some(BoundListener::Udp(socket))) = self.listeners.get(listener as usize) {
                 replies.batch.send(socket.as_raw_fd(), |s| replies.listener[s] == listener);
             }

@@ -98,6 +98,8 @@ impl Worker {
 
     pub fn run(mut self) {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        // Swapped with `again` each wake-up, so neither deque reallocates.
+        let mut retry = VecDeque::new();
         loop {
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -107,14 +109,13 @@ impl Worker {
                 log::error!("{}: poll failed: {e}; worker exits", self.name);
                 return;
             }
-            let mut retry = std::mem::take(&mut self.again);
+            std::mem::swap(&mut retry, &mut self.again);
             for event in events.iter() {
                 self.on_event(event);
             }
             for token in retry.drain(..) {
                 self.on_ready(token);
             }
-            self.again.extend(retry.drain(..));
             self.flush_replies();
             let now = self.clock.now();
             self.engine.handle_timeout(now);
