@@ -93,7 +93,12 @@ impl Balancers {
         let nodes = upstream.addrs.len();
         let fresh =
             || Entry { upstream: upstream.clone(), roundrobin: SmoothWeighted::new(nodes), ewma: Ewma::new(nodes) };
-        let entry = self.by_key.entry(upstream.key.clone()).or_insert_with(fresh);
+        // Look up by reference: the key is cloned only when an upstream is first seen,
+        // not on every pick.
+        if !self.by_key.contains_key(&upstream.key) {
+            self.by_key.insert(upstream.key.clone(), fresh());
+        }
+        let entry = self.by_key.get_mut(&upstream.key).expect("inserted above");
         if !Arc::ptr_eq(&entry.upstream, upstream) {
             let same_nodes = entry.upstream.addrs == upstream.addrs && entry.upstream.weights == upstream.weights;
             if same_nodes {
