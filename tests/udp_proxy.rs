@@ -97,3 +97,50 @@ fn udp_replies_go_back_to_the_client_that_asked() {
     let (n, _) = first.recv_from(&mut buf).expect("first gets its reply");
     assert_eq!(&buf[..n], b"u:from first");
 }
+
+/// A UDP node answering `<name>:<source port it saw>:<datagram>`: the source
+/// port names the proxy's session socket, so equal ports mean one session.
+fn tagging_node(name: &'static str) -> SocketAddr {
+    let socket = UdpSocket::bind((LOCALHOST, 0)).unwrap();
+    let addr = socket.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            let mut reply = format!("{name}:{}:", peer.port()).into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, peer);
+        }
+    });
+    addr
+}
+
+#[test]
+fn with_two_reuseport_workers_each_client_stays_in_one_session() {
+    let (a, b) = (tagging_node("a"), tagging_node("b"));
+    let listen = SocketAddr::new(LOCALHOST, free_port());
+    let strait = Strait::start(Config::new().listen_udp(listen).workers("2"));
+    strait.put_route("1", route_to(&[(a, 1), (b, 1)]));
+    let probe = udp_client();
+    wait_until("a datagram is answered through the route", || ask(&probe, listen, b"probe").is_some());
+    let handles: Vec<_> = (0..30)
+        .map(|i| {
+            thread::spawn(move || {
+                let client = udp_client();
+                let mut session: Option<String> = None;
+                for j in 0..5 {
+                    let payload = format!("client {i} datagram {j}");
+                    let reply = ask(&client, listen, payload.as_bytes()).expect("loopback does not lose datagrams");
+                    let text = String::from_utf8(reply).unwrap();
+                    let (tag, echoed) = text.rsplit_once(":client").unwrap();
+                    assert_eq!(format!("client{echoed}"), payload, "a client only gets its own replies");
+                    // Node and session socket are the same for every datagram of a client:
+                    // the kernel keeps its flow on one worker, and that worker on one session.
+                    assert_eq!(session.get_or_insert_with(|| tag.to_string()), tag, "client {i}");
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+}
