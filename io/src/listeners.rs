@@ -26,6 +26,8 @@ pub fn bind_tcp(spec: &ListenSpec) -> Result<mio::net::TcpListener, BindError> {
     let err = |error| BindError { addr: spec.addr, error };
     let socket = Socket::new(Domain::for_address(spec.addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
     prepare(&socket, spec.addr).map_err(err)?;
+    // Inherited by every accepted socket: no setsockopt per connection.
+    socket.set_nodelay(true).map_err(err)?;
     socket.listen(BACKLOG).map_err(err)?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }

@@ -9,8 +9,8 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use strait_engine::ProbeId;
 
-/// Probe tokens start here (sessions use `1 << 40`).
-pub const PROBE_TOKEN_BASE: usize = 1 << 41;
+/// Probe tokens start here (sessions use `1 << 52`).
+pub const PROBE_TOKEN_BASE: usize = 1 << 53;
 
 pub struct ProbeIo {
     pub id: ProbeId,

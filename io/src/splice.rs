@@ -191,7 +191,10 @@ impl crate::worker::Worker {
                     },
                     Some(_) => {}
                     // Every pipe of this worker is holding bytes: try again on the next turn.
-                    None => self.again.push_back(crate::conn_io::conn_token(self.listeners.len(), id, Side::Client)),
+                    None => {
+                        let tag = conn.tags[Side::Client.index()];
+                        self.again.push_back(crate::conn_io::conn_token(self.listeners.len(), id, Side::Client, tag))
+                    }
                 }
             }
             if conn.pipes[source.index()].as_ref().is_some_and(|p| p.len == 0) {

@@ -43,6 +43,8 @@ pub struct Worker {
     /// Each listener's bound address, read once (not a getsockname per accept).
     listener_addrs: Vec<Option<std::net::SocketAddr>>,
     pub(crate) conns: Vec<Option<ConnIo>>,
+    /// By connection slot: the tag the slot's next socket registration gets.
+    next_tags: Vec<u16>,
     /// Splice pipes, held only by directions with bytes in flight.
     pub(crate) pipes: PipePool,
     pub(crate) sessions: Vec<Option<SessionIo>>,
@@ -85,6 +87,7 @@ impl Worker {
                 .collect(),
             listeners: listeners.into_iter().map(Some).collect(),
             conns: Vec::new(),
+            next_tags: Vec::new(),
             pipes: PipePool::new(PIPES_MAX),
             sessions: Vec::new(),
             probes: Vec::new(),
@@ -152,8 +155,13 @@ impl Worker {
             return;
         }
         if token.0 >= self.listeners.len() && token.0 < SESSION_TOKEN_BASE {
-            let (slot, side) = token_conn(self.listeners.len(), token);
-            if let Some(Some(conn)) = self.conns.get_mut(slot) {
+            let (slot, side, tag) = token_conn(self.listeners.len(), token);
+            let Some(Some(conn)) = self.conns.get_mut(slot) else { return };
+            if conn.tags[side.index()] != tag {
+                // For a socket replaced or closed since this event was fetched.
+                return;
+            }
+            {
                 let ready = &mut conn.ready[side.index()];
                 ready.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
                 ready.read_closed |= event.is_read_closed() || event.is_error();
@@ -175,7 +183,7 @@ impl Worker {
                 None => {}
             }
         } else {
-            let (slot, _) = token_conn(self.listeners.len(), token);
+            let (slot, _, _) = token_conn(self.listeners.len(), token);
             self.pump(slot);
         }
     }
@@ -246,9 +254,10 @@ impl Worker {
                 // Refused (no route, limit): closing without writing a byte.
                 continue;
             };
-            let _ = stream.set_nodelay(true);
-            let mut conn = ConnIo::new(id, stream);
-            let token = conn_token(self.listeners.len(), id, Side::Client);
+            // TCP_NODELAY comes from the listener (accepted sockets inherit it on Linux).
+            let tag = self.next_tag(id.index as usize);
+            let mut conn = ConnIo::new(id, stream, tag);
+            let token = conn_token(self.listeners.len(), id, Side::Client, tag);
             let client = conn.socket(Side::Client).expect("a new connection has its client socket");
             if let Err(e) = self.poll.registry().register(client, token, Interest::READABLE | Interest::WRITABLE) {
                 log::error!("{}: register failed: {e}", self.name);
@@ -289,7 +298,7 @@ impl Worker {
         }
         let listeners = self.listeners.len();
         if let Some(Some(conn)) = self.conns.get(slot) {
-            self.again.push_back(conn_token(listeners, conn.id, Side::Client));
+            self.again.push_back(conn_token(listeners, conn.id, Side::Client, conn.tags[Side::Client.index()]));
         }
     }
 
@@ -364,17 +373,12 @@ impl Worker {
         let Some(socket) = conn.socket(Side::Upstream) else {
             return;
         };
+        // Events for this socket carry its own tag (stale ones were dropped), and
+        // epoll reports a connecting socket only once the connect is decided:
+        // no error means connected, without a getpeername to make sure.
         let outcome = match socket.take_error() {
             Ok(Some(e)) | Err(e) => Err(connect_error(&e)),
-            Ok(None) => match socket.peer_addr() {
-                Ok(_) => Ok(()),
-                // Spurious wake-up: the connect is still in flight.
-                Err(e) if e.kind() == ErrorKind::NotConnected => {
-                    conn.ready[Side::Upstream.index()] = Default::default();
-                    return;
-                }
-                Err(e) => Err(connect_error(&e)),
-            },
+            Ok(None) => Ok(()),
         };
         conn.connecting = false;
         if outcome.is_err() {
@@ -416,7 +420,8 @@ impl Worker {
     }
 
     fn connect(&mut self, id: ConnId, addr: std::net::SocketAddr) {
-        let token = conn_token(self.listeners.len(), id, Side::Upstream);
+        let tag = self.next_tag(id.index as usize);
+        let token = conn_token(self.listeners.len(), id, Side::Upstream, tag);
         let registry = self.poll.registry();
         let Some(conn) = self.conns.get_mut(id.index as usize).and_then(Option::as_mut).filter(|c| c.id == id) else {
             return;
@@ -425,6 +430,7 @@ impl Worker {
             let _ = registry.deregister(&mut old);
         }
         conn.ready[Side::Upstream.index()] = Default::default();
+        conn.tags[Side::Upstream.index()] = tag;
         let result = mio::net::TcpStream::connect(addr).and_then(|mut stream| {
             registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
             Ok(stream)
@@ -461,6 +467,16 @@ impl Worker {
                 let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
             }
         }
+    }
+
+    /// A fresh tag for a socket about to be registered in connection slot `slot`.
+    fn next_tag(&mut self, slot: usize) -> u16 {
+        if slot >= self.next_tags.len() {
+            self.next_tags.resize(slot + 1, 0);
+        }
+        let tag = self.next_tags[slot];
+        self.next_tags[slot] = tag.wrapping_add(1);
+        tag
     }
 
     pub(crate) fn listener_addr(&self, index: usize) -> Option<std::net::SocketAddr> {
