@@ -112,7 +112,12 @@ fn run(config_path: &Path) -> Result<(), String> {
         Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
     }
     let workers = strait_io::Workers::start(
-        strait_io::WorkersConfig { workers: workers_count, listeners: listeners.clone(), engine },
+        strait_io::WorkersConfig {
+            workers: workers_count,
+            listeners: listeners.clone(),
+            engine,
+            loopback_tcp_congestion: config.loopback_tcp_congestion.clone(),
+        },
         snapshot.clone(),
     )
     .map_err(|e| e.to_string())?;

@@ -136,6 +136,12 @@ fn test_flag_rejects_a_bad_buffer_size() {
 }
 
 #[test]
+fn test_flag_rejects_a_bad_loopback_tcp_congestion() {
+    let (stderr, path) = test_flag_rejects("strait:\n  loopback_tcp_congestion: \"re no\"\n");
+    assert_names(&stderr, &path, "strait.loopback_tcp_congestion", "re no");
+}
+
+#[test]
 fn test_flag_rejects_invalid_yaml_naming_the_file() {
     let (stderr, path) = test_flag_rejects("apisix: [unclosed\n");
     assert!(stderr.contains(&path), "stderr does not name the file {path}:\n{stderr}");

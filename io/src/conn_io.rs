@@ -29,10 +29,12 @@ pub struct ConnIo {
     pub fin_reported: [bool; 2],
     /// By side: the tag of the current socket's token (see `conn_token`).
     pub tags: [u16; 2],
+    /// By side: the peer is this host (see `congestion.rs`).
+    pub loopback: [bool; 2],
 }
 
 impl ConnIo {
-    pub fn new(id: ConnId, client: TcpStream, client_tag: u16) -> ConnIo {
+    pub fn new(id: ConnId, client: TcpStream, client_tag: u16, client_is_loopback: bool) -> ConnIo {
         ConnIo {
             id,
             sockets: [Some(client), None],
@@ -43,6 +45,7 @@ impl ConnIo {
             eof: [false; 2],
             fin_reported: [false; 2],
             tags: [client_tag, 0],
+            loopback: [client_is_loopback, false],
         }
     }
 

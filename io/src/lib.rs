@@ -17,6 +17,7 @@
 //!   `mio::Waker`; there is no lock on the data path.
 
 mod clock;
+mod congestion;
 mod conn_io;
 mod limits;
 mod listeners;

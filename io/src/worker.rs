@@ -1,6 +1,7 @@
 //! One worker thread: a mio `Poll`, its own listeners, one `Engine`.
 
 use crate::clock::Clock;
+use crate::congestion::{is_loopback_peer, LoopbackCongestion};
 use crate::conn_io::{conn_token, token_conn, ConnIo, SESSION_TOKEN_BASE, WAKER_TOKEN};
 use crate::listeners::BoundListener;
 use crate::probe::{ProbeIo, PROBE_TOKEN_BASE};
@@ -57,6 +58,7 @@ pub struct Worker {
     /// Connections, sessions and listeners that used up their budget and still have work.
     pub(crate) again: VecDeque<Token>,
     drain_deadline: Option<Time>,
+    loopback_congestion: LoopbackCongestion,
 }
 
 impl Worker {
@@ -66,6 +68,7 @@ impl Worker {
         engine: Engine,
         mut listeners: Vec<BoundListener>,
         control: Receiver<Control>,
+        loopback_congestion: LoopbackCongestion,
     ) -> io::Result<Worker> {
         for (index, listener) in listeners.iter_mut().enumerate() {
             match listener {
@@ -96,6 +99,7 @@ impl Worker {
             control,
             again: VecDeque::new(),
             drain_deadline: None,
+            loopback_congestion,
         })
     }
 
@@ -256,7 +260,7 @@ impl Worker {
             };
             // TCP_NODELAY comes from the listener (accepted sockets inherit it on Linux).
             let tag = self.next_tag(id.index as usize);
-            let mut conn = ConnIo::new(id, stream, tag);
+            let mut conn = ConnIo::new(id, stream, tag, is_loopback_peer(&peer));
             let token = conn_token(self.listeners.len(), id, Side::Client, tag);
             let client = conn.socket(Side::Client).expect("a new connection has its client socket");
             if let Err(e) = self.poll.registry().register(client, token, Interest::READABLE | Interest::WRITABLE) {
@@ -407,8 +411,15 @@ impl Worker {
                 }
                 Action::Close { conn, reset } => self.close(conn, reset),
                 Action::Splice { conn } => {
-                    if let Some(c) = self.conn_mut(conn) {
+                    let slot = self.conns.get_mut(conn.index as usize).and_then(Option::as_mut);
+                    if let Some(c) = slot.filter(|c| c.id == conn) {
                         c.spliced = true;
+                        // A streaming connection: worth a system call per local side.
+                        for (socket, _) in c.sockets.iter().zip(c.loopback).filter(|(_, local)| *local) {
+                            if let Some(socket) = socket {
+                                self.loopback_congestion.apply(socket);
+                            }
+                        }
                     }
                 }
                 Action::UdpConnect { session, addr } => self.udp_connect(session, addr),
@@ -431,6 +442,7 @@ impl Worker {
         }
         conn.ready[Side::Upstream.index()] = Default::default();
         conn.tags[Side::Upstream.index()] = tag;
+        conn.loopback[Side::Upstream.index()] = is_loopback_peer(&addr);
         let result = mio::net::TcpStream::connect(addr).and_then(|mut stream| {
             registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
             Ok(stream)

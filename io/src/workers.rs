@@ -1,6 +1,7 @@
 //! Starting the worker threads, publishing config snapshots to them, and
 //! shutting them down.
 
+use crate::congestion::LoopbackCongestion;
 use crate::listeners::{bind_all, BindError};
 use crate::worker::{Control, Worker};
 use std::sync::mpsc::{self, Sender};
@@ -15,6 +16,8 @@ pub struct WorkersConfig {
     /// Every stream listener (TCP then UDP), in the engine's `ListenerId` order.
     pub listeners: Vec<ListenSpec>,
     pub engine: EngineConfig,
+    /// `strait.loopback_tcp_congestion`; `None` keeps the system's.
+    pub loopback_tcp_congestion: Option<String>,
 }
 
 /// Sends new snapshots to every worker. Cheap to clone; usable from any thread.
@@ -63,7 +66,9 @@ impl Workers {
             engine_config.run_active_checks = config.engine.run_active_checks && index == 0;
             let engine = Engine::new(config.listeners.clone(), snapshot.clone(), engine_config);
             let name = format!("worker {index}");
-            let worker = Worker::new(name.clone(), poll, engine, listeners, receiver).map_err(StartError::Io)?;
+            let congestion = LoopbackCongestion::new(config.loopback_tcp_congestion.as_deref());
+            let worker =
+                Worker::new(name.clone(), poll, engine, listeners, receiver, congestion).map_err(StartError::Io)?;
             let thread = std::thread::Builder::new()
                 .name(format!("strait-{index}"))
                 .spawn(move || worker.run())

@@ -142,6 +142,8 @@ pub struct Config {
     pub admin_key: String,
     pub worker_processes: String,
     pub worker_shutdown_timeout: Option<String>,
+    /// Extra `strait.*` lines, already in YAML (`splice: false`).
+    pub strait: Vec<String>,
 }
 
 impl Config {
@@ -157,6 +159,7 @@ impl Config {
             admin_key: format!("e2eKey{:x}{}", nanos, std::process::id()),
             worker_processes: "1".into(),
             worker_shutdown_timeout: None,
+            strait: Vec::new(),
         }
     }
 
@@ -193,6 +196,12 @@ impl Config {
         self
     }
 
+    /// Adds a `strait.<key>: <value>` line (`value` already in YAML).
+    pub fn strait(mut self, key: &str, value: &str) -> Config {
+        self.strait.push(format!("{key}: {value}"));
+        self
+    }
+
     pub fn yaml(&self, data_dir: &Path) -> String {
         let mut y = String::new();
         y.push_str("apisix:\n");
@@ -221,6 +230,9 @@ impl Config {
             y.push_str(&format!("  worker_shutdown_timeout: \"{t}\"\n"));
         }
         y.push_str(&format!("strait:\n  data_dir: \"{}\"\n", data_dir.display()));
+        for line in &self.strait {
+            y.push_str(&format!("  {line}\n"));
+        }
         y
     }
 }
