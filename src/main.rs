@@ -4,12 +4,11 @@
 
 mod cli;
 mod config_source;
+mod snapshots;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
-use std::net::{IpAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use strait_engine::config::{ListenSpec, StraitConfig, WorkerProcesses};
 use strait_engine::{EngineConfig, Resources, SharedState, Snapshot};
@@ -69,11 +68,12 @@ fn run(config_path: &Path) -> Result<(), String> {
     // upstreams with `tls.verify: true` and no `tls.ca_certs`, and by https:// etcd hosts.
     let system_roots = system_roots_pem();
     let source = config_source::Source::open(config_path, &config, process_seed(), system_roots.as_deref())?;
-    let version = Arc::new(AtomicU64::new(1));
     // Node health and least_conn counts outlive every snapshot and are seen by every worker.
     let mut shared = SharedState::default();
     shared.tls.system_roots_pem = system_roots;
-    let snapshot = build_snapshot(version.fetch_add(1, Ordering::Relaxed), &source.initial_resources(), &shared);
+    let snapshots = Arc::new(snapshots::Snapshots::new(shared));
+    // The first snapshot goes to the workers when they start.
+    let snapshot = snapshots.apply(&source.initial_resources(), &|_| {});
 
     let listeners: Vec<ListenSpec> = if config.proxy_mode.stream_enabled() {
         config.tcp.iter().chain(config.udp.iter()).cloned().collect()
@@ -136,10 +136,16 @@ fn run(config_path: &Path) -> Result<(), String> {
     });
 
     let publisher = workers.publisher();
-    let publish: config_source::PublishFn = Box::new(move |resources: &Resources| {
-        let snapshot = build_snapshot(version.fetch_add(1, Ordering::Relaxed), resources, &shared);
+    let sink: snapshots::Sink = Box::new(move |snapshot: Arc<Snapshot>| {
         *latest.lock().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
         publisher.publish(snapshot);
+    });
+    let sink = Arc::new(sink);
+    let refresh_sink = sink.clone();
+    snapshots::spawn_refresher(snapshots.clone(), config.dns_resolver_valid, Box::new(move |s| refresh_sink(s)))
+        .map_err(|e| format!("cannot start the DNS refresh thread: {e}"))?;
+    let publish: config_source::PublishFn = Box::new(move |resources: &Resources| {
+        snapshots.apply(resources, &**sink);
     });
     let admin = source.start(&config, publish, source_status)?;
 
@@ -157,19 +163,6 @@ fn run(config_path: &Path) -> Result<(), String> {
     workers.shutdown(config.worker_shutdown_timeout);
     log::info!("exit");
     Ok(())
-}
-
-/// Builds and logs a snapshot; node host names are resolved here, outside the engine.
-fn build_snapshot(version: u64, resources: &Resources, shared: &SharedState) -> Arc<Snapshot> {
-    let mut resolve = |host: &str| -> Vec<IpAddr> {
-        (host, 0).to_socket_addrs().map(|addrs| addrs.map(|a| a.ip()).collect()).unwrap_or_default()
-    };
-    let (snapshot, warnings) = Snapshot::build_with(version, resources, &mut resolve, shared);
-    for warning in warnings {
-        log::warn!("{warning}");
-    }
-    log::debug!("config version {version}: {} stream routes", snapshot.routes().len());
-    Arc::new(snapshot)
 }
 
 /// The system's CA bundle (Debian's path first), for `tls.verify: true`.

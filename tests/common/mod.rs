@@ -144,6 +144,8 @@ pub struct Config {
     pub worker_shutdown_timeout: Option<String>,
     /// Extra `strait.*` lines, already in YAML (`splice: false`).
     pub strait: Vec<String>,
+    /// Extra `apisix.*` lines, already in YAML (`dns_resolver_valid: 1`).
+    pub apisix: Vec<String>,
 }
 
 impl Config {
@@ -160,6 +162,7 @@ impl Config {
             worker_processes: "1".into(),
             worker_shutdown_timeout: None,
             strait: Vec::new(),
+            apisix: Vec::new(),
         }
     }
 
@@ -196,6 +199,12 @@ impl Config {
         self
     }
 
+    /// Adds an `apisix.<key>: <value>` line (`value` already in YAML).
+    pub fn apisix(mut self, key: &str, value: &str) -> Config {
+        self.apisix.push(format!("{key}: {value}"));
+        self
+    }
+
     /// Adds a `strait.<key>: <value>` line (`value` already in YAML).
     pub fn strait(mut self, key: &str, value: &str) -> Config {
         self.strait.push(format!("{key}: {value}"));
@@ -206,6 +215,9 @@ impl Config {
         let mut y = String::new();
         y.push_str("apisix:\n");
         y.push_str(&format!("  proxy_mode: \"{}\"\n", self.proxy_mode));
+        for line in &self.apisix {
+            y.push_str(&format!("  {line}\n"));
+        }
         if !self.tcp.is_empty() || !self.udp.is_empty() {
             y.push_str("  stream_proxy:\n");
             for (key, items) in [("tcp", &self.tcp), ("udp", &self.udp)] {

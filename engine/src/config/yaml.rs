@@ -86,6 +86,9 @@ pub struct StraitConfig {
     /// streaming connection's sockets whose peer is on this host; `None` keeps
     /// the system's (net.ipv4.tcp_congestion_control).
     pub loopback_tcp_congestion: Option<String>,
+    /// `apisix.dns_resolver_valid`: how long a resolved upstream node host name
+    /// is trusted before it is looked up again.
+    pub dns_resolver_valid: Duration,
 }
 
 /// A config.yaml error: which key, and what is wrong with it.
@@ -278,6 +281,20 @@ impl StraitConfig {
             Some(Value::Bool(b)) => *b,
             Some(other) => return Err(error("strait.splice", format!("must be a boolean, got {}", show(other)))),
         };
+        // APISIX takes the record's TTL unless this is set; the system resolver
+        // Strait uses does not report TTLs, hence a default.
+        let dns_resolver_valid = match lookup(&root, "apisix.dns_resolver_valid") {
+            None | Some(Value::Null) => Duration::from_secs(30),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| (1..=86_400).contains(&n)) => {
+                Duration::from_secs(n.as_u64().expect("checked"))
+            }
+            Some(other) => {
+                return Err(error(
+                    "apisix.dns_resolver_valid",
+                    format!("must be whole seconds from 1 to 86400, got {}", show(other)),
+                ))
+            }
+        };
         let loopback_tcp_congestion = parse_loopback_tcp_congestion(lookup(&root, "strait.loopback_tcp_congestion"))
             .map_err(|m| error("strait.loopback_tcp_congestion", m))?;
         Ok(StraitConfig {
@@ -298,6 +315,7 @@ impl StraitConfig {
             tls,
             splice,
             loopback_tcp_congestion,
+            dns_resolver_valid,
         })
     }
 
@@ -500,6 +518,16 @@ mod tests {
         assert_eq!(c.admin.allow_admin.as_ref().unwrap().len(), 1);
         assert_eq!(c.worker_processes, WorkerProcesses::Auto);
         assert_eq!(c.loopback_tcp_congestion.as_deref(), Some("reno"));
+        assert_eq!(c.dns_resolver_valid, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn dns_resolver_valid_is_whole_seconds() {
+        let parse = |v: &str| StraitConfig::parse(&format!("apisix:\n  dns_resolver_valid: {v}\n"));
+        assert_eq!(parse("5").unwrap().dns_resolver_valid, Duration::from_secs(5));
+        for bad in ["0", "-1", "1.5", "\"30s\"", "86401"] {
+            assert_eq!(parse(bad).unwrap_err().key, "apisix.dns_resolver_valid", "{bad}");
+        }
     }
 
     #[test]
