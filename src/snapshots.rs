@@ -23,6 +23,8 @@ pub struct Snapshots {
 
 #[derive(Default)]
 struct Current {
+    /// Counts `apply` calls: a refresh whose lookups straddled one is dropped.
+    generation: u64,
     resources: Resources,
     /// Every node host name of `resources` and the addresses it resolved to (sorted).
     answers: BTreeMap<String, Vec<IpAddr>>,
@@ -39,7 +41,7 @@ impl Snapshots {
         let mut answers = BTreeMap::new();
         let snapshot =
             self.build(resources, &mut |host| answers.entry(host.to_string()).or_insert_with(|| resolve(host)).clone());
-        *current = Current { resources: resources.clone(), answers };
+        *current = Current { generation: current.generation + 1, resources: resources.clone(), answers };
         sink(snapshot.clone());
         snapshot
     }
@@ -47,12 +49,24 @@ impl Snapshots {
     /// Looks the current host names up again; when an answer changed, builds
     /// and hands on a snapshot with the new addresses. Returns whether it did.
     pub fn refresh(&self, sink: &dyn Fn(Arc<Snapshot>)) -> bool {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if current.answers.is_empty() {
+        let (generation, hosts): (u64, Vec<String>) = {
+            let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            (current.generation, current.answers.keys().cloned().collect())
+        };
+        if hosts.is_empty() {
             return false;
         }
-        let fresh: BTreeMap<String, Vec<IpAddr>> = current.answers.keys().map(|h| (h.clone(), resolve(h))).collect();
-        if fresh == current.answers {
+        // Looked up without the lock: a name that times out must not hold up a config change.
+        let fresh: BTreeMap<String, Vec<IpAddr>> = hosts
+            .into_iter()
+            .map(|h| {
+                let addrs = resolve(&h);
+                (h, addrs)
+            })
+            .collect();
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.generation != generation || fresh == current.answers {
+            // A config change came in meanwhile (and resolved its names itself), or nothing moved.
             return false;
         }
         for (host, addrs) in &fresh {
