@@ -165,12 +165,10 @@ impl Worker {
                 // For a socket replaced or closed since this event was fetched.
                 return;
             }
-            {
-                let ready = &mut conn.ready[side.index()];
-                ready.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
-                ready.read_closed |= event.is_read_closed() || event.is_error();
-                ready.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
-            }
+            let ready = &mut conn.ready[side.index()];
+            ready.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+            ready.read_closed |= event.is_read_closed() || event.is_error();
+            ready.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
         }
         self.on_ready(token);
     }
