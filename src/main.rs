@@ -31,7 +31,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         cli::Command::Test { config } => match load_config(&config) {
-            Ok(_) => {
+            Ok(loaded) => {
+                for ignored in &loaded.ignored {
+                    eprintln!("strait: warning: {}: {ignored}", config.display());
+                }
                 println!("strait: the configuration file {} syntax is ok", config.display());
                 println!("strait: configuration file {} test is successful", config.display());
                 ExitCode::SUCCESS
@@ -62,6 +65,9 @@ fn load_config(path: &Path) -> Result<StraitConfig, String> {
 
 fn run(config_path: &Path) -> Result<(), String> {
     let mut config = load_config(config_path)?;
+    for ignored in &config.ignored {
+        log::warn!("{}: {ignored}", config_path.display());
+    }
     strait_admin::ensure_admin_key(config_path, &mut config);
 
     // The system's CA bundle, read once here (the engine reads no files): trusted by

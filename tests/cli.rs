@@ -56,6 +56,16 @@ fn test_flag_accepts_a_valid_config() {
 }
 
 #[test]
+fn test_flag_warns_about_apisix_keys_without_effect() {
+    let (_dir, path) = config_file("apisix:\n  dns_resolver:\n    - 10.0.0.2\n");
+    let path_text = path.display().to_string();
+    let out = run_strait(&["-t", "-c", &path_text]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a warning is not an error:\n{}", all_output(&out));
+    assert!(stderr.contains(&format!("strait: warning: {path_text}: apisix.dns_resolver: not used")), "{stderr}");
+}
+
+#[test]
 fn test_flag_rejects_a_port_out_of_range_naming_file_and_key() {
     let (stderr, path) = test_flag_rejects("apisix:\n  proxy_mode: stream\n  stream_proxy:\n    tcp:\n      - 70000\n");
     assert_names(

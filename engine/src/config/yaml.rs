@@ -89,6 +89,9 @@ pub struct StraitConfig {
     /// `apisix.dns_resolver_valid`: how long a resolved upstream node host name
     /// is trusted before it is looked up again.
     pub dns_resolver_valid: Duration,
+    /// APISIX keys set in the file that Strait reads but does not act on, each
+    /// with what happens instead: logged at start and printed by `-t`.
+    pub ignored: Vec<String>,
 }
 
 /// A config.yaml error: which key, and what is wrong with it.
@@ -316,6 +319,7 @@ impl StraitConfig {
             splice,
             loopback_tcp_congestion,
             dns_resolver_valid,
+            ignored: ignored_keys_in_use(&root),
         })
     }
 
@@ -453,6 +457,24 @@ pub(super) fn parse_duration(value: &Value) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("invalid duration {text} (too large)"))
 }
 
+/// APISIX keys an operator may carry over whose effect Strait does not have:
+/// silence would let them believe it does.
+fn ignored_keys_in_use(root: &Value) -> Vec<String> {
+    let set = |key: &str| lookup(root, key).filter(|v| !v.is_null() && *v != &Value::Bool(false));
+    let mut ignored = Vec::new();
+    if set("apisix.dns_resolver").is_some_and(|v| !matches!(v, Value::Sequence(s) if s.is_empty())) {
+        ignored.push(
+            "apisix.dns_resolver: not used; upstream node names are looked up through the system resolver \
+             (/etc/resolv.conf, /etc/hosts)"
+                .to_string(),
+        );
+    }
+    if set("nginx_config.stream.enable_access_log").is_some() {
+        ignored.push("nginx_config.stream.enable_access_log: Strait writes no stream access log yet".to_string());
+    }
+    ignored
+}
+
 /// On loopback there is no path to model and no queue to keep short, and with
 /// the default qdisc BBR paces every burst with a timer: Reno (always allowed
 /// to unprivileged processes) moves the same bytes for less CPU.
@@ -519,6 +541,20 @@ mod tests {
         assert_eq!(c.worker_processes, WorkerProcesses::Auto);
         assert_eq!(c.loopback_tcp_congestion.as_deref(), Some("reno"));
         assert_eq!(c.dns_resolver_valid, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn apisix_keys_without_effect_are_reported() {
+        let c = StraitConfig::parse(
+            "apisix:\n  dns_resolver: [10.0.0.2]\nnginx_config:\n  stream:\n    enable_access_log: true\n",
+        )
+        .unwrap();
+        assert_eq!(c.ignored.len(), 2, "{:?}", c.ignored);
+        assert!(c.ignored[0].starts_with("apisix.dns_resolver:"));
+        assert!(c.ignored[1].starts_with("nginx_config.stream.enable_access_log:"));
+        let quiet = "apisix:\n  dns_resolver: []\nnginx_config:\n  stream:\n    enable_access_log: false\n";
+        assert!(StraitConfig::parse(quiet).unwrap().ignored.is_empty());
+        assert!(StraitConfig::parse("").unwrap().ignored.is_empty());
     }
 
     #[test]
