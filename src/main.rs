@@ -6,7 +6,7 @@ mod cli;
 mod config_source;
 mod snapshots;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -103,6 +103,7 @@ fn run(config_path: &Path) -> Result<(), String> {
         driver_can_splice: config.splice,
         tls_handshake_timeout: config.tls.handshake_timeout,
         fallback_sni: config.tls.fallback_sni.clone(),
+        session_records: config.access_log.is_some(),
         ..EngineConfig::default()
     };
     log::info!("engine seed {} (worker i uses seed + i)", engine.seed);
@@ -123,6 +124,10 @@ fn run(config_path: &Path) -> Result<(), String> {
             listeners: listeners.clone(),
             engine,
             loopback_tcp_congestion: config.loopback_tcp_congestion.clone(),
+            access_log: config
+                .access_log
+                .as_ref()
+                .map(|log| (resolve_beside(config_path, &log.path), log.format.clone())),
         },
         snapshot.clone(),
     )
@@ -155,10 +160,17 @@ fn run(config_path: &Path) -> Result<(), String> {
     });
     let admin = source.start(&config, publish, source_status)?;
 
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    // SIGUSR1 reopens the access log after rotation (nginx's USR1); SIGTERM/SIGINT stop.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == SIGUSR1 {
+            log::info!("signal {signal}: reopening the access log");
+            workers.reopen_logs();
+            continue;
+        }
         log::info!("signal {signal}: stop accepting, draining for up to {:?}", config.worker_shutdown_timeout);
+        break;
     }
     if let Some(admin) = admin {
         admin.stop();

@@ -11,6 +11,7 @@ use crate::health::HealthEvent;
 use crate::ids::{ConnId, ListenerId, SessionId, Side};
 use crate::rng::Rng;
 use crate::router::MatchInput;
+use crate::session_record::{Records, SessionRecord};
 use crate::snapshot::{ResolvedUpstream, Snapshot};
 use crate::tcp::conn::{Ctx, ListenTls, Outcome, TcpConn};
 use crate::time::Time;
@@ -52,6 +53,9 @@ pub struct EngineConfig {
     /// (certificate choice and routing; spec §1.7). Not applied to plaintext
     /// connections (spec §8.8).
     pub fallback_sni: Option<String>,
+    /// Collect a `SessionRecord` per finished connection and session (the access
+    /// log); the driver drains them with `poll_session_record`.
+    pub session_records: bool,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +72,7 @@ impl Default for EngineConfig {
             driver_can_splice: false,
             tls_handshake_timeout: crate::tls::DEFAULT_HANDSHAKE_TIMEOUT,
             fallback_sni: None,
+            session_records: false,
         }
     }
 }
@@ -117,11 +122,13 @@ pub struct Engine {
     rng: Rng,
     accepting: bool,
     stats: EngineStats,
+    records: Records,
 }
 
 impl Engine {
     pub fn new(listeners: Vec<ListenSpec>, snapshot: Arc<Snapshot>, config: EngineConfig) -> Engine {
         let pool = BufferPool::new(config.buffer_bytes, config.spare_buffers_max);
+        let session_records = config.session_records;
         let mut engine = Engine {
             listeners,
             snapshot,
@@ -140,6 +147,7 @@ impl Engine {
             balancers: Balancers::default(),
             accepting: true,
             stats: EngineStats::default(),
+            records: Records::new(session_records),
         };
         // Targets of the first config are probed at the first `handle_timeout`.
         engine.sync_probes(Time::ZERO);
@@ -174,6 +182,19 @@ impl Engine {
                 );
             }
             Err(Refusal::NotAccepting) => {}
+        }
+        if let (Err(refusal), true) = (result, self.records.enabled) {
+            self.records.push(SessionRecord {
+                protocol: Protocol::Tcp,
+                peer,
+                local,
+                route_id: String::new(),
+                upstream: None,
+                status: refusal.status(),
+                bytes_from_client: 0,
+                bytes_from_upstream: 0,
+                duration: Duration::ZERO,
+            });
         }
         self.check_invariants();
         result
@@ -257,6 +278,7 @@ impl Engine {
             rng: &mut self.rng,
             snapshot: &self.snapshot,
             config: &self.config,
+            records: &mut self.records,
         }
     }
 
@@ -354,7 +376,7 @@ impl Engine {
             let session = &mut self.sessions.slots[index];
             session.last_activity = now;
             session.datagrams_up += 1;
-            let _ = len;
+            session.bytes_up += len as u64;
             return Ok(id);
         }
         self.listening_on(listener, Protocol::Udp).ok_or(DatagramDrop::NotAccepting)?;
@@ -388,6 +410,10 @@ impl Engine {
             responses_left: (responses > 0).then_some(responses),
             datagrams_up: 1,
             datagrams_down: 0,
+            route_id,
+            started: now,
+            bytes_up: len as u64,
+            bytes_down: 0,
         });
         let index = id.index as usize;
         if index >= self.session_armed.len() {
@@ -403,16 +429,16 @@ impl Engine {
     /// where to send it (out of the listener's socket, to the client), or `None`
     /// for a stale session.
     pub fn handle_upstream_datagram(&mut self, now: Time, session: SessionId, len: usize) -> Option<ReplyTo> {
-        let _ = len;
         let index = self.sessions.live(session)?;
         let entry = &mut self.sessions.slots[index];
         entry.last_activity = now;
         entry.datagrams_down += 1;
+        entry.bytes_down += len as u64;
         let reply = ReplyTo { listener: entry.listener, peer: entry.peer, local: entry.local };
         if let Some(left) = entry.responses_left.as_mut() {
             *left -= 1;
             if *left == 0 {
-                self.close_session(index);
+                self.close_session(now, index, 200);
             }
         }
         self.check_invariants();
@@ -422,7 +448,7 @@ impl Engine {
     /// Sending to or receiving from `session`'s upstream failed (ICMP port
     /// unreachable shows as ECONNREFUSED): the session ends, so the client's
     /// next datagram picks a node afresh.
-    pub fn handle_upstream_error(&mut self, _now: Time, session: SessionId) {
+    pub fn handle_upstream_error(&mut self, now: Time, session: SessionId) {
         if let Some(index) = self.sessions.live(session) {
             let entry = &self.sessions.slots[index];
             log::warn!(
@@ -433,14 +459,28 @@ impl Engine {
             if let (Some(node), Some(checks)) = (entry.upstream.health.get(entry.node), &entry.upstream.config.checks) {
                 node.report(HealthEvent::TcpFailure, checks.passive_thresholds());
             }
-            self.close_session(index);
+            self.close_session(now, index, 502);
         }
         self.check_invariants();
     }
 
-    fn close_session(&mut self, index: usize) {
+    /// Ends a UDP session; `status` is its `$status` in the access log.
+    fn close_session(&mut self, now: Time, index: usize, status: u16) {
         let generation = self.sessions.generations[index];
         let session = self.sessions.remove(index);
+        if self.records.enabled {
+            self.records.push(SessionRecord {
+                protocol: Protocol::Udp,
+                peer: session.peer,
+                local: session.local,
+                route_id: session.route_id.clone(),
+                upstream: session.upstream.addrs.get(session.node).copied(),
+                status,
+                bytes_from_client: session.bytes_up,
+                bytes_from_upstream: session.bytes_down,
+                duration: session.started.until(now),
+            });
+        }
         if let Some(armed) = self.session_armed[index].take() {
             self.timers.remove(&(armed, TimerOwner::Udp(index as u32)));
         }
@@ -492,7 +532,7 @@ impl Engine {
                     if self.sessions.slots[index].deadline() > now {
                         self.rearm_session(index);
                     } else {
-                        self.close_session(index);
+                        self.close_session(now, index, 200);
                     }
                 }
             }
@@ -564,7 +604,7 @@ impl Engine {
         }
         let sessions: Vec<usize> = self.sessions.slots.iter().map(|(index, _)| index).collect();
         for index in sessions {
-            self.close_session(index);
+            self.close_session(now, index, CloseReason::Shutdown.status());
         }
         let probes: Vec<usize> = self.prober.targets.iter().map(|(index, _)| index).collect();
         for index in probes {
@@ -579,6 +619,13 @@ impl Engine {
     #[must_use]
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// The next finished connection or session to log (only with
+    /// `EngineConfig::session_records`).
+    #[must_use]
+    pub fn poll_session_record(&mut self) -> Option<SessionRecord> {
+        self.records.pop()
     }
 
     /// The next time `handle_timeout` must be called.
@@ -644,6 +691,7 @@ impl Engine {
             rng: &mut self.rng,
             snapshot: &self.snapshot,
             config: &self.config,
+            records: &mut self.records,
         };
         match f(&mut self.conns[index], &mut ctx) {
             Outcome::Open => {

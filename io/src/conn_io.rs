@@ -76,7 +76,7 @@ pub fn conn_token(listeners: usize, id: ConnId, side: Side, tag: u16) -> mio::To
 pub fn token_conn(listeners: usize, token: mio::Token) -> (usize, Side, u16) {
     let tag = ((token.0 >> TAG_SHIFT) & TAG_MASK) as u16;
     let offset = (token.0 & ((1 << TAG_SHIFT) - 1)) - listeners;
-    let side = if offset % 2 == 0 { Side::Client } else { Side::Upstream };
+    let side = if offset.is_multiple_of(2) { Side::Client } else { Side::Upstream };
     (offset / 2, side, tag)
 }
 

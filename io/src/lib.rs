@@ -16,6 +16,7 @@
 //! - New config snapshots and shutdown requests arrive over a channel plus a
 //!   `mio::Waker`; there is no lock on the data path.
 
+mod access_log;
 mod clock;
 mod congestion;
 mod conn_io;

@@ -1,5 +1,6 @@
 //! One worker thread: a mio `Poll`, its own listeners, one `Engine`.
 
+use crate::access_log::AccessLog;
 use crate::clock::Clock;
 use crate::congestion::{is_loopback_peer, LoopbackCongestion};
 use crate::conn_io::{conn_token, token_conn, ConnIo, SESSION_TOKEN_BASE, WAKER_TOKEN};
@@ -24,6 +25,8 @@ pub enum Control {
     Shutdown {
         drain: Duration,
     },
+    /// Reopen the access log at its path (after rotation).
+    ReopenLogs,
 }
 
 /// Reads and writes per connection per wake-up before others get a turn.
@@ -59,6 +62,7 @@ pub struct Worker {
     pub(crate) again: VecDeque<Token>,
     drain_deadline: Option<Time>,
     loopback_congestion: LoopbackCongestion,
+    access_log: Option<AccessLog>,
 }
 
 impl Worker {
@@ -69,6 +73,7 @@ impl Worker {
         mut listeners: Vec<BoundListener>,
         control: Receiver<Control>,
         loopback_congestion: LoopbackCongestion,
+        access_log: Option<AccessLog>,
     ) -> io::Result<Worker> {
         for (index, listener) in listeners.iter_mut().enumerate() {
             match listener {
@@ -100,6 +105,7 @@ impl Worker {
             again: VecDeque::new(),
             drain_deadline: None,
             loopback_congestion,
+            access_log,
         })
     }
 
@@ -127,6 +133,7 @@ impl Worker {
             let now = self.clock.now();
             self.engine.handle_timeout(now);
             self.perform_actions();
+            self.write_access_log(now);
             if self.drain_deadline.is_some() {
                 if self.engine.connection_count() == 0 {
                     log::info!("{}: drained, exiting", self.name);
@@ -136,6 +143,7 @@ impl Worker {
                     log::warn!("{}: drain timeout, closing {} connections", self.name, self.engine.connection_count());
                     self.engine.abort_all(now);
                     self.perform_actions();
+                    self.write_access_log(now);
                     return;
                 }
             }
@@ -147,7 +155,8 @@ impl Worker {
             return Some(Duration::ZERO);
         }
         let now = self.clock.now();
-        let deadlines = [self.engine.poll_timeout(), self.drain_deadline];
+        let flush = self.access_log.as_ref().and_then(AccessLog::flush_deadline);
+        let deadlines = [self.engine.poll_timeout(), self.drain_deadline, flush];
         // Round up to the next millisecond: epoll's resolution; waking early would spin.
         deadlines.into_iter().flatten().min().map(|t| now.until(t) + Duration::from_micros(999))
     }
@@ -199,6 +208,11 @@ impl Worker {
                     self.engine.handle_snapshot(now, snapshot);
                 }
                 Ok(Control::Shutdown { drain }) => self.begin_drain(drain),
+                Ok(Control::ReopenLogs) => {
+                    if let Some(log) = self.access_log.as_mut() {
+                        log.reopen();
+                    }
+                }
                 Err(TryRecvError::Empty) => return,
                 // The process is going away without a proper shutdown.
                 Err(TryRecvError::Disconnected) => {
@@ -476,6 +490,18 @@ impl Worker {
                 // SO_LINGER 0: close sends RST, so the peer sees an abort, not a clean end.
                 let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
             }
+        }
+    }
+
+    /// Writes the lines of the connections and sessions that ended, and flushes
+    /// the buffered ones that have waited long enough.
+    fn write_access_log(&mut self, now: Time) {
+        let Some(log) = self.access_log.as_mut() else { return };
+        while let Some(record) = self.engine.poll_session_record() {
+            log.write(now, &record);
+        }
+        if log.flush_deadline().is_some_and(|due| now >= due) {
+            log.flush();
         }
     }
 

@@ -1,14 +1,16 @@
 //! Starting the worker threads, publishing config snapshots to them, and
 //! shutting them down.
 
+use crate::access_log::AccessLog;
 use crate::congestion::LoopbackCongestion;
 use crate::listeners::{bind_all, BindError};
 use crate::worker::{Control, Worker};
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use strait_engine::config::ListenSpec;
+use strait_engine::config::{ListenSpec, LogPiece};
 use strait_engine::{Engine, EngineConfig, Snapshot};
 
 pub struct WorkersConfig {
@@ -18,6 +20,9 @@ pub struct WorkersConfig {
     pub engine: EngineConfig,
     /// `strait.loopback_tcp_congestion`; `None` keeps the system's.
     pub loopback_tcp_congestion: Option<String>,
+    /// The stream access log (file and format); `None` = off. The engine must
+    /// collect session records (`EngineConfig::session_records`) for it.
+    pub access_log: Option<(PathBuf, Vec<LogPiece>)>,
 }
 
 /// Sends new snapshots to every worker. Cheap to clone; usable from any thread.
@@ -67,8 +72,14 @@ impl Workers {
             let engine = Engine::new(config.listeners.clone(), snapshot.clone(), engine_config);
             let name = format!("worker {index}");
             let congestion = LoopbackCongestion::new(config.loopback_tcp_congestion.as_deref());
-            let worker =
-                Worker::new(name.clone(), poll, engine, listeners, receiver, congestion).map_err(StartError::Io)?;
+            let access_log = match &config.access_log {
+                Some((path, format)) => Some(AccessLog::open(path, format.clone()).map_err(|error| {
+                    StartError::AccessLog(format!("cannot open the access log {}: {error}", path.display()))
+                })?),
+                None => None,
+            };
+            let worker = Worker::new(name.clone(), poll, engine, listeners, receiver, congestion, access_log)
+                .map_err(StartError::Io)?;
             let thread = std::thread::Builder::new()
                 .name(format!("strait-{index}"))
                 .spawn(move || worker.run())
@@ -81,6 +92,15 @@ impl Workers {
 
     pub fn publisher(&self) -> SnapshotPublisher {
         self.publisher.clone()
+    }
+
+    /// After log rotation (SIGUSR1): every worker reopens the access log at its path.
+    pub fn reopen_logs(&self) {
+        for (sender, waker) in &self.publisher.workers {
+            if sender.send(Control::ReopenLogs).is_ok() {
+                let _ = waker.wake();
+            }
+        }
     }
 
     /// Stops accepting everywhere and waits until every worker has drained its
@@ -101,6 +121,7 @@ impl Workers {
 pub enum StartError {
     Bind(BindError),
     Io(std::io::Error),
+    AccessLog(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -108,6 +129,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Bind(e) => e.fmt(f),
             StartError::Io(e) => write!(f, "failed to start a worker: {e}"),
+            StartError::AccessLog(message) => write!(f, "nginx_config.stream.access_log: {message}"),
         }
     }
 }

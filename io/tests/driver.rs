@@ -34,7 +34,11 @@ fn start_with(port: u16, snapshot: Arc<Snapshot>, engine: EngineConfig) -> Worke
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let listeners =
         vec![ListenSpec { protocol: Protocol::Tcp, addr, tls: false, tls_passthrough: false, proxy_protocol: false }];
-    Workers::start(WorkersConfig { workers: 1, listeners, engine, loopback_tcp_congestion: None }, snapshot).unwrap()
+    Workers::start(
+        WorkersConfig { workers: 1, listeners, engine, loopback_tcp_congestion: None, access_log: None },
+        snapshot,
+    )
+    .unwrap()
 }
 
 /// An upstream that reads everything until FIN, then answers with the byte

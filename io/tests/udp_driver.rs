@@ -21,8 +21,11 @@ fn start(port: u16, upstream: serde_json::Value, engine: EngineConfig) -> Worker
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let listeners =
         vec![ListenSpec { protocol: Protocol::Udp, addr, tls: false, tls_passthrough: false, proxy_protocol: false }];
-    Workers::start(WorkersConfig { workers: 1, listeners, engine, loopback_tcp_congestion: None }, Arc::new(snapshot))
-        .unwrap()
+    Workers::start(
+        WorkersConfig { workers: 1, listeners, engine, loopback_tcp_congestion: None, access_log: None },
+        Arc::new(snapshot),
+    )
+    .unwrap()
 }
 
 /// An upstream that answers each datagram with "<its name>:<the client's source port>:" + the payload.
@@ -188,7 +191,13 @@ fn a_wildcard_listener_routes_on_the_destination_address_and_answers_from_it() {
     let listeners =
         vec![ListenSpec { protocol: Protocol::Udp, addr, tls: false, tls_passthrough: false, proxy_protocol: false }];
     let workers = Workers::start(
-        WorkersConfig { workers: 1, listeners, engine: EngineConfig::default(), loopback_tcp_congestion: None },
+        WorkersConfig {
+            workers: 1,
+            listeners,
+            engine: EngineConfig::default(),
+            loopback_tcp_congestion: None,
+            access_log: None,
+        },
         snapshot,
     )
     .unwrap();

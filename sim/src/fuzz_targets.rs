@@ -235,6 +235,7 @@ struct Driver {
 
 impl Driver {
     fn drain(&mut self, engine: &mut Engine) {
+        while engine.poll_session_record().is_some() {}
         while let Some(action) = engine.poll_action() {
             match action {
                 Action::Connect { conn, .. } => {
@@ -283,6 +284,7 @@ pub fn engine_actions(data: &[u8]) {
         udp_idle_timeout: Duration::from_millis(100 + 100 * b.below(20) as u64),
         udp_proxy_responses: b.below(3) as u32,
         run_active_checks: b.u8() % 4 != 0,
+        session_records: true,
         ..EngineConfig::default()
     };
     let mut engine = Engine::new(listeners, build(b.u8(), 1), config);

@@ -210,6 +210,8 @@ impl Sim {
             run_active_checks: swarm.run_active_checks,
             ..EngineConfig::default()
         };
+        // Every other seed also collects access-log records (no draw from rng: old seeds replay as before).
+        let engine_config = EngineConfig { session_records: engine_config.seed.is_multiple_of(2), ..engine_config };
         let engine = Engine::new(listeners.clone(), Arc::new(config.snapshot()), engine_config);
         let mut sim = Sim {
             rng,
@@ -370,6 +372,12 @@ impl Sim {
     // ---- actions ----------------------------------------------------------
 
     fn drain_actions(&mut self) {
+        while let Some(record) = self.engine.poll_session_record() {
+            assert!(
+                [200, 400, 403, 500, 502, 503].contains(&record.status),
+                "an access-log status is one nginx's stream module logs: {record:?}"
+            );
+        }
         while let Some(action) = self.engine.poll_action() {
             match action {
                 Action::Connect { conn, addr } => self.on_connect(conn, addr),

@@ -146,6 +146,8 @@ pub struct Config {
     pub strait: Vec<String>,
     /// Extra `apisix.*` lines, already in YAML (`dns_resolver_valid: 1`).
     pub apisix: Vec<String>,
+    /// `nginx_config.stream.*` lines, already in YAML (`enable_access_log: true`).
+    pub nginx_stream: Vec<String>,
 }
 
 impl Config {
@@ -163,6 +165,7 @@ impl Config {
             worker_shutdown_timeout: None,
             strait: Vec::new(),
             apisix: Vec::new(),
+            nginx_stream: Vec::new(),
         }
     }
 
@@ -205,6 +208,12 @@ impl Config {
         self
     }
 
+    /// Adds a `nginx_config.stream.<key>: <value>` line (`value` already in YAML).
+    pub fn nginx_stream(mut self, key: &str, value: &str) -> Config {
+        self.nginx_stream.push(format!("{key}: {value}"));
+        self
+    }
+
     /// Adds a `strait.<key>: <value>` line (`value` already in YAML).
     pub fn strait(mut self, key: &str, value: &str) -> Config {
         self.strait.push(format!("{key}: {value}"));
@@ -240,6 +249,12 @@ impl Config {
         y.push_str(&format!("  worker_processes: {}\n", self.worker_processes));
         if let Some(t) = &self.worker_shutdown_timeout {
             y.push_str(&format!("  worker_shutdown_timeout: \"{t}\"\n"));
+        }
+        if !self.nginx_stream.is_empty() {
+            y.push_str("  stream:\n");
+            for line in &self.nginx_stream {
+                y.push_str(&format!("    {line}\n"));
+            }
         }
         y.push_str(&format!("strait:\n  data_dir: \"{}\"\n", data_dir.display()));
         for line in &self.strait {

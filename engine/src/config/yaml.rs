@@ -92,6 +92,8 @@ pub struct StraitConfig {
     /// APISIX keys set in the file that Strait reads but does not act on, each
     /// with what happens instead: logged at start and printed by `-t`.
     pub ignored: Vec<String>,
+    /// `nginx_config.stream.enable_access_log` and its companions; `None` = off.
+    pub access_log: Option<super::access_log::AccessLogSettings>,
 }
 
 /// A config.yaml error: which key, and what is wrong with it.
@@ -320,6 +322,7 @@ impl StraitConfig {
             loopback_tcp_congestion,
             dns_resolver_valid,
             ignored: ignored_keys_in_use(&root),
+            access_log: super::access_log::parse(&root)?,
         })
     }
 
@@ -469,9 +472,6 @@ fn ignored_keys_in_use(root: &Value) -> Vec<String> {
                 .to_string(),
         );
     }
-    if set("nginx_config.stream.enable_access_log").is_some() {
-        ignored.push("nginx_config.stream.enable_access_log: Strait writes no stream access log yet".to_string());
-    }
     ignored
 }
 
@@ -545,14 +545,10 @@ mod tests {
 
     #[test]
     fn apisix_keys_without_effect_are_reported() {
-        let c = StraitConfig::parse(
-            "apisix:\n  dns_resolver: [10.0.0.2]\nnginx_config:\n  stream:\n    enable_access_log: true\n",
-        )
-        .unwrap();
-        assert_eq!(c.ignored.len(), 2, "{:?}", c.ignored);
+        let c = StraitConfig::parse("apisix:\n  dns_resolver: [10.0.0.2]\n").unwrap();
+        assert_eq!(c.ignored.len(), 1, "{:?}", c.ignored);
         assert!(c.ignored[0].starts_with("apisix.dns_resolver:"));
-        assert!(c.ignored[1].starts_with("nginx_config.stream.enable_access_log:"));
-        let quiet = "apisix:\n  dns_resolver: []\nnginx_config:\n  stream:\n    enable_access_log: false\n";
+        let quiet = "apisix:\n  dns_resolver: []\n";
         assert!(StraitConfig::parse(quiet).unwrap().ignored.is_empty());
         assert!(StraitConfig::parse("").unwrap().ignored.is_empty());
     }

@@ -34,6 +34,7 @@ pub(crate) struct Ctx<'a> {
     pub rng: &'a mut Rng,
     pub snapshot: &'a Snapshot,
     pub config: &'a EngineConfig,
+    pub records: &'a mut crate::session_record::Records,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +121,9 @@ pub(crate) struct TcpConn {
     /// This connection counted against its node (least_conn); dropped with it.
     pub in_flight: Option<InFlight>,
     pub flows: [Flow; 2],
+    pub accepted: Time,
+    /// The node of the last connect asked for (`$upstream_addr`).
+    pub upstream_addr: Option<SocketAddr>,
     pub last_activity: Time,
     /// The driver moves the bytes itself (splice) and reports only counts,
     /// FINs and resets; the engine's buffers stay unused.
@@ -154,6 +158,8 @@ impl TcpConn {
             connect_started: ctx.now,
             in_flight: None,
             flows: Default::default(),
+            accepted: ctx.now,
+            upstream_addr: None,
             last_activity: ctx.now,
             spliced: false,
             bulk_seen: false,
@@ -202,6 +208,7 @@ impl TcpConn {
         let upstream = self.upstream().clone();
         let key = KeySource { local: self.local, peer: self.peer };
         let pick = ctx.balancers.pick(&upstream, &[], key, ctx.rng).ok_or(CloseReason::NoUpstreamNode)?;
+        self.upstream_addr = Some(upstream.addrs[pick.node]);
         ctx.actions.push_back(Action::Connect { conn: id, addr: upstream.addrs[pick.node] });
         self.phase = Phase::Connecting { deadline: ctx.now + upstream.config.connect_timeout() };
         self.node = pick.node;
@@ -318,6 +325,7 @@ impl TcpConn {
         self.tried.push(pick.node);
         self.connect_started = ctx.now;
         self.phase = Phase::Connecting { deadline: ctx.now + config.connect_timeout() };
+        self.upstream_addr = Some(upstream.addrs[pick.node]);
         ctx.actions.push_back(Action::Connect { conn: id, addr: upstream.addrs[pick.node] });
         Outcome::Open
     }
@@ -726,6 +734,20 @@ impl TcpConn {
             self.flows[1].bytes
         );
         ctx.actions.push_back(Action::Close { conn: id, reset: reason.resets() });
+        // Checked here, not only in push: building a record clones the route id.
+        if ctx.records.enabled {
+            ctx.records.push(crate::session_record::SessionRecord {
+                protocol: crate::config::Protocol::Tcp,
+                peer: self.peer,
+                local: self.local,
+                route_id: self.route_id.clone(),
+                upstream: self.upstream_addr,
+                status: reason.status(),
+                bytes_from_client: self.flows[Side::Client.index()].bytes,
+                bytes_from_upstream: self.flows[Side::Upstream.index()].bytes,
+                duration: self.accepted.until(ctx.now),
+            });
+        }
         Outcome::Closed
     }
 

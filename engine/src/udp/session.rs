@@ -25,6 +25,10 @@ pub(crate) struct UdpSession {
     pub responses_left: Option<u32>,
     pub datagrams_up: u64,
     pub datagrams_down: u64,
+    pub route_id: String,
+    pub started: Time,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
 }
 
 impl UdpSession {
