@@ -35,24 +35,40 @@ struct Dnsmasq {
 impl Dnsmasq {
     /// Answers `<name>.test` with `records` and nothing else (no upstream resolvers).
     fn start(records: &[(&str, &str)]) -> Dnsmasq {
-        let port = UdpSocket::bind((LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
-        let mut command = Command::new("dnsmasq");
-        command.args([
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-        ]);
-        command.arg(format!("--port={port}")).arg("--pid-file=").arg("--user=root");
-        for (name, ip) in records {
-            command.arg(format!("--address=/{name}/{ip}"));
+        // The port is free when picked but may be taken before dnsmasq binds it
+        // (the other test's resolvers bind ports in parallel): dnsmasq then exits
+        // at once, and a fresh port is tried.
+        for _ in 0..5 {
+            let port = UdpSocket::bind((LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+            let mut command = Command::new("dnsmasq");
+            command.args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+            ]);
+            command.arg(format!("--port={port}")).arg("--pid-file=").arg("--user=root");
+            for (name, ip) in records {
+                command.arg(format!("--address=/{name}/{ip}"));
+            }
+            let child = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start dnsmasq");
+            let mut dns = Dnsmasq { addr: SocketAddr::new(LOCALHOST, port), child };
+            let mut exited = false;
+            wait_until("dnsmasq answers or exits", || {
+                exited = dns.child.try_wait().is_ok_and(|status| status.is_some());
+                exited || dig(dns.addr, "ready.test").is_some()
+            });
+            if !exited {
+                return dns;
+            }
         }
-        let child =
-            command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start dnsmasq");
-        let dns = Dnsmasq { addr: SocketAddr::new(LOCALHOST, port), child };
-        wait_until("dnsmasq answers", || dig(dns.addr, "ready.test").is_some());
-        dns
+        panic!("dnsmasq exited at start five times (ports taken?)");
     }
 }
 
