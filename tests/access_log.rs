@@ -140,3 +140,21 @@ fn sigusr1_reopens_the_log_after_rotation() {
     assert!(new.iter().all(|l| l.contains(" 200 5 5 ")), "only the new connection in the new file: {new:?}");
     assert_eq!(log_lines(&rotated).len(), old, "the rotated file keeps what it had");
 }
+
+#[test]
+fn an_access_log_that_cannot_be_opened_stops_the_start_naming_the_key() {
+    let dir = TempDir::new("access-log-bad");
+    // A regular file where the log's folder should be: no folder can be made there (even as root).
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").unwrap();
+    let config = Config::new()
+        .listen(SocketAddr::new(LOCALHOST, free_port()))
+        .nginx_stream("enable_access_log", "true")
+        .nginx_stream("access_log", &format!("\"{}\"", blocker.join("access.log").display()));
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, config.yaml(&dir.path().join("data"))).unwrap();
+    let out = run_strait(&["-c", &path.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
+    assert!(stderr.contains("nginx_config.stream.access_log: cannot open the access log"), "{stderr}");
+}
