@@ -183,8 +183,8 @@ impl Engine {
             }
             Err(Refusal::NotAccepting) => {}
         }
-        if let (Err(refusal), true) = (result, self.records.enabled) {
-            self.records.push(SessionRecord {
+        if let Err(refusal) = result {
+            self.records.push_with(|| SessionRecord {
                 protocol: Protocol::Tcp,
                 peer,
                 local,
@@ -438,7 +438,7 @@ impl Engine {
         if let Some(left) = entry.responses_left.as_mut() {
             *left -= 1;
             if *left == 0 {
-                self.close_session(now, index, 200);
+                self.close_session(now, index, CloseReason::Finished);
             }
         }
         self.check_invariants();
@@ -459,33 +459,31 @@ impl Engine {
             if let (Some(node), Some(checks)) = (entry.upstream.health.get(entry.node), &entry.upstream.config.checks) {
                 node.report(HealthEvent::TcpFailure, checks.passive_thresholds());
             }
-            self.close_session(now, index, 502);
+            self.close_session(now, index, CloseReason::UpstreamUnreachable);
         }
         self.check_invariants();
     }
 
-    /// Ends a UDP session; `status` is its `$status` in the access log.
-    fn close_session(&mut self, now: Time, index: usize, status: u16) {
+    /// Ends a UDP session; `reason` gives its `$status` in the access log.
+    fn close_session(&mut self, now: Time, index: usize, reason: CloseReason) {
         let generation = self.sessions.generations[index];
         let session = self.sessions.remove(index);
-        if self.records.enabled {
-            self.records.push(SessionRecord {
-                protocol: Protocol::Udp,
-                peer: session.peer,
-                local: session.local,
-                route_id: session.route_id.clone(),
-                upstream: session.upstream.addrs.get(session.node).copied(),
-                status,
-                bytes_from_client: session.bytes_up,
-                bytes_from_upstream: session.bytes_down,
-                duration: session.started.until(now),
-            });
-        }
+        self.records.push_with(|| SessionRecord {
+            protocol: Protocol::Udp,
+            peer: session.peer,
+            local: session.local,
+            route_id: session.route_id.clone(),
+            upstream: session.upstream.addrs.get(session.node).copied(),
+            status: reason.status(),
+            bytes_from_client: session.bytes_up,
+            bytes_from_upstream: session.bytes_down,
+            duration: session.started.until(now),
+        });
         if let Some(armed) = self.session_armed[index].take() {
             self.timers.remove(&(armed, TimerOwner::Udp(index as u32)));
         }
         log::debug!(
-            "udp session {}: closed, {} datagrams up, {} down",
+            "udp session {}: closed ({reason:?}), {} datagrams up, {} down",
             session.peer,
             session.datagrams_up,
             session.datagrams_down
@@ -532,7 +530,7 @@ impl Engine {
                     if self.sessions.slots[index].deadline() > now {
                         self.rearm_session(index);
                     } else {
-                        self.close_session(now, index, 200);
+                        self.close_session(now, index, CloseReason::IdleTimeout);
                     }
                 }
             }
@@ -604,7 +602,7 @@ impl Engine {
         }
         let sessions: Vec<usize> = self.sessions.slots.iter().map(|(index, _)| index).collect();
         for index in sessions {
-            self.close_session(now, index, CloseReason::Shutdown.status());
+            self.close_session(now, index, CloseReason::Shutdown);
         }
         let probes: Vec<usize> = self.prober.targets.iter().map(|(index, _)| index).collect();
         for index in probes {

@@ -60,7 +60,7 @@ impl Refusal {
 /// The queue the engine fills and the driver drains; collects nothing unless enabled.
 #[derive(Default)]
 pub(crate) struct Records {
-    pub enabled: bool,
+    enabled: bool,
     queue: VecDeque<SessionRecord>,
 }
 
@@ -69,14 +69,16 @@ impl Records {
         Records { enabled, queue: VecDeque::new() }
     }
 
-    pub fn push(&mut self, record: SessionRecord) {
+    /// Queues the record `make` builds; `make` runs only when records are
+    /// collected (building one clones the route id).
+    pub fn push_with(&mut self, make: impl FnOnce() -> SessionRecord) {
         if !self.enabled {
             return;
         }
         if self.queue.len() >= QUEUED_MAX {
             self.queue.pop_front();
         }
-        self.queue.push_back(record);
+        self.queue.push_back(make());
     }
 
     pub fn pop(&mut self) -> Option<SessionRecord> {

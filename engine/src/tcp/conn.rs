@@ -734,20 +734,18 @@ impl TcpConn {
             self.flows[1].bytes
         );
         ctx.actions.push_back(Action::Close { conn: id, reset: reason.resets() });
-        // Checked here, not only in push: building a record clones the route id.
-        if ctx.records.enabled {
-            ctx.records.push(crate::session_record::SessionRecord {
-                protocol: crate::config::Protocol::Tcp,
-                peer: self.peer,
-                local: self.local,
-                route_id: self.route_id.clone(),
-                upstream: self.upstream_addr,
-                status: reason.status(),
-                bytes_from_client: self.flows[Side::Client.index()].bytes,
-                bytes_from_upstream: self.flows[Side::Upstream.index()].bytes,
-                duration: self.accepted.until(ctx.now),
-            });
-        }
+        let now = ctx.now;
+        ctx.records.push_with(|| crate::session_record::SessionRecord {
+            protocol: crate::config::Protocol::Tcp,
+            peer: self.peer,
+            local: self.local,
+            route_id: self.route_id.clone(),
+            upstream: self.upstream_addr,
+            status: reason.status(),
+            bytes_from_client: self.flows[Side::Client.index()].bytes,
+            bytes_from_upstream: self.flows[Side::Upstream.index()].bytes,
+            duration: self.accepted.until(now),
+        });
         Outcome::Closed
     }
 
