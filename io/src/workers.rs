@@ -35,8 +35,13 @@ impl SnapshotPublisher {
     /// Hands `snapshot` to every worker; each applies it at its next wake-up,
     /// which this call triggers.
     pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        self.tell_every_worker(|| Control::Snapshot(snapshot.clone()));
+    }
+
+    /// Sends each worker the message `make` builds and wakes it to read it.
+    fn tell_every_worker(&self, make: impl Fn() -> Control) {
         for (sender, waker) in &self.workers {
-            if sender.send(Control::Snapshot(snapshot.clone())).is_ok() {
+            if sender.send(make()).is_ok() {
                 let _ = waker.wake();
             }
         }
@@ -96,21 +101,13 @@ impl Workers {
 
     /// After log rotation (SIGUSR1): every worker reopens the access log at its path.
     pub fn reopen_logs(&self) {
-        for (sender, waker) in &self.publisher.workers {
-            if sender.send(Control::ReopenLogs).is_ok() {
-                let _ = waker.wake();
-            }
-        }
+        self.publisher.tell_every_worker(|| Control::ReopenLogs);
     }
 
     /// Stops accepting everywhere and waits until every worker has drained its
     /// connections or `drain` has passed.
     pub fn shutdown(self, drain: Duration) {
-        for (sender, waker) in &self.publisher.workers {
-            if sender.send(Control::Shutdown { drain }).is_ok() {
-                let _ = waker.wake();
-            }
-        }
+        self.publisher.tell_every_worker(|| Control::Shutdown { drain });
         for thread in self.threads {
             let _ = thread.join();
         }
