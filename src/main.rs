@@ -147,16 +147,14 @@ fn run(config_path: &Path) -> Result<(), String> {
     });
 
     let publisher = workers.publisher();
-    let sink: snapshots::Sink = Box::new(move |snapshot: Arc<Snapshot>| {
+    let sink: snapshots::Sink = Arc::new(move |snapshot: Arc<Snapshot>| {
         *latest.lock().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
         publisher.publish(snapshot);
     });
-    let sink = Arc::new(sink);
-    let refresh_sink = sink.clone();
-    snapshots::spawn_refresher(snapshots.clone(), config.dns_resolver_valid, Box::new(move |s| refresh_sink(s)))
+    snapshots::spawn_refresher(snapshots.clone(), config.dns_resolver_valid, sink.clone())
         .map_err(|e| format!("cannot start the DNS refresh thread: {e}"))?;
     let publish: config_source::PublishFn = Box::new(move |resources: &Resources| {
-        snapshots.apply(resources, &**sink);
+        snapshots.apply(resources, &*sink);
     });
     let admin = source.start(&config, publish, source_status)?;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use strait_engine::{Resources, SharedState, Snapshot};
 
 /// Where finished snapshots go (the workers and the control API).
-pub type Sink = Box<dyn Fn(Arc<Snapshot>) + Send + Sync>;
+pub type Sink = Arc<dyn Fn(Arc<Snapshot>) + Send + Sync>;
 
 pub struct Snapshots {
     version: AtomicU64,
@@ -106,7 +106,7 @@ fn resolve(host: &str) -> Vec<IpAddr> {
 pub fn spawn_refresher(snapshots: Arc<Snapshots>, every: Duration, sink: Sink) -> std::io::Result<()> {
     std::thread::Builder::new().name("strait-dns".into()).spawn(move || loop {
         std::thread::sleep(every);
-        snapshots.refresh(&sink);
+        snapshots.refresh(&*sink);
     })?;
     Ok(())
 }
