@@ -52,10 +52,15 @@ fn socket_details(filter: &[&str]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The `ss -ti` detail words of the established sockets connected to `peer`'s port.
+fn sockets_towards(peer: SocketAddr) -> Vec<Vec<String>> {
+    socket_details(&["dport", "=", &format!(":{}", peer.port())])
+}
+
 /// Asserts the proxy's socket towards `upstream` and its socket from the
 /// client (local port `listen`) use `algorithm`.
 fn assert_proxy_sockets_use(algorithm: &str, listen: SocketAddr, upstream: SocketAddr, what: &str) {
-    let to_upstream = socket_details(&["dport", "=", &format!(":{}", upstream.port())]);
+    let to_upstream = sockets_towards(upstream);
     let from_client = socket_details(&["sport", "=", &format!(":{}", listen.port())]);
     assert_eq!(to_upstream.len(), 1, "{what}: one proxy socket towards the upstream: {to_upstream:?}");
     assert_eq!(from_client.len(), 1, "{what}: one proxy socket from the client: {from_client:?}");
@@ -102,18 +107,14 @@ fn a_streaming_loopback_connection_gets_the_configured_algorithm_on_both_sides()
         short = try_connect(listen).ok().filter(|mut c| c.write_all(b"hi").is_ok());
         short.is_some() && upstream.accepted() > 0
     });
-    wait_until("the short connection's sockets are established", || {
-        socket_details(&["dport", "=", &format!(":{}", upstream.addr.port())]).len() == 1
-    });
+    wait_until("the short connection's sockets are established", || sockets_towards(upstream.addr).len() == 1);
     assert_proxy_sockets_use(&proc_sys("tcp_congestion_control"), listen, upstream.addr, "short connection");
     drop(short);
-    wait_until("the short connection is gone", || {
-        socket_details(&["dport", "=", &format!(":{}", upstream.addr.port())]).is_empty()
-    });
+    wait_until("the short connection is gone", || sockets_towards(upstream.addr).is_empty());
 
     let _client = streaming_client(listen);
     wait_until("the streaming connection's sockets switched", || {
-        let details = socket_details(&["dport", "=", &format!(":{}", upstream.addr.port())]);
+        let details = sockets_towards(upstream.addr);
         details.len() == 1 && details[0].iter().any(|w| *w == algorithm)
     });
     assert_proxy_sockets_use(&algorithm, listen, upstream.addr, "streaming connection");
@@ -129,9 +130,7 @@ fn system_keeps_the_system_algorithm_on_streaming_connections() {
     let strait = Strait::start(Config::new().listen(listen).strait("loopback_tcp_congestion", "system"));
     strait.put_route("1", route_to(&[(upstream.addr, 1)]));
     wait_until("the route is live", || try_connect(listen).is_ok_and(|_| upstream.accepted() > 0));
-    wait_until("the probe connection is gone", || {
-        socket_details(&["dport", "=", &format!(":{}", upstream.addr.port())]).is_empty()
-    });
+    wait_until("the probe connection is gone", || sockets_towards(upstream.addr).is_empty());
 
     let _client = streaming_client(listen);
     // Give a switch (which must not come) the time it would take.
